@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Idempotent set-up for a fresh machine: virtualenv, pinned dependencies, Fashion-MNIST.
+# Called by scripts/study.sh, scripts/test.sh and .ci/run; safe to run again (seconds).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3.11}
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv with $PYTHON"
+  "$PYTHON" -m venv .venv
+fi
+# Reinstall only when the pins change. torch/torchvision come from this machine's disk via pip.
+stamp=".venv/.finch-deps-$(cat requirements.lock pyproject.toml | sha256sum | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
+  echo "setup: installing pinned dependencies (requirements.lock)"
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -r requirements.lock
+  .venv/bin/python -m pip install -q --no-deps -e .
+  rm -f .venv/.finch-deps-*
+  touch "$stamp"
+fi
+
+# Fashion-MNIST: Debian's package where we can install it; else the prepare stage falls back
+# to data.root or torchvision's downloader.
+if [ ! -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing Debian's dataset-fashion-mnist"
+    apt-get update -qq >/dev/null && apt-get install -y -qq dataset-fashion-mnist >/dev/null \
+      || echo "setup: warning: could not install dataset-fashion-mnist; prepare will try to download"
+  else
+    echo "setup: note: Fashion-MNIST not installed (need root for apt-get); prepare will try to download"
+  fi
+fi
+export DVC_NO_ANALYTICS=1

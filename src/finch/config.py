@@ -1,0 +1,273 @@
+"""Typed, validated configuration read from ``params.yaml``.
+
+Every stage calls :func:`load_params` first: an unknown key, a wrong type or an
+out-of-range value fails before any work, naming the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+
+
+class ConfigError(ValueError):
+    """A params file that cannot be used; the message names the file and key."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(Strict):
+    source: Literal["fashion_mnist", "image_folder", "cub200"] = "fashion_mnist"
+    root: str | None = Field(None, description="data folder; null = the source's default location")
+    image_size: int = Field(28, ge=8, le=1024)
+    channels: Literal[1, 3] = 1
+    target_classes: list[str] | None = Field(
+        None, description="class names of the fine-grained target task; null = all"
+    )
+    source_classes: list[str] | Literal["rest"] = Field(
+        "rest", description="classes for pretraining; 'rest' = all not in the target"
+    )
+    per_class_train: int | None = Field(300, ge=2, description="null = all images")
+    per_class_pretrain: int | None = Field(1000, ge=2, description="null = all images")
+    val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="image_folder without a test/ folder only")
+    data_seed: int = Field(0, ge=0)
+    on_bad_image: Literal["fail", "skip"] = "fail"
+    mean: list[float] = Field(default_factory=lambda: [0.2860])
+    std: list[float] = Field(default_factory=lambda: [0.3530])
+
+    @model_validator(mode="after")
+    def _norm_matches_channels(self) -> DataConfig:
+        for key in ("mean", "std"):
+            if len(getattr(self, key)) != self.channels:
+                raise ValueError(
+                    f"data.{key} has {len(getattr(self, key))} values but data.channels is "
+                    f"{self.channels}; give one value per channel"
+                )
+        if any(s <= 0 for s in self.std):
+            raise ValueError("data.std values must be > 0")
+        return self
+
+
+class ModelConfig(Strict):
+    name: str = Field("resnet18", description="a timm model name")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="extra timm.create_model arguments")
+    small_input_stem: bool = Field(False, description="drop the stem's max-pool (for 28-64 px images)")
+
+
+class OptimizerConfig(Strict):
+    name: Literal["sgd", "adam", "adamw"] = "adamw"
+    lr: float = Field(1e-3, gt=0.0, le=10.0)
+    weight_decay: float = Field(0.05, ge=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    nesterov: bool = True
+
+
+class SchedulerConfig(Strict):
+    name: Literal["cosine", "multistep", "plateau", "cosine_restarts", "none"] = "cosine"
+    warmup_epochs: int = Field(1, ge=0)
+    warmup_lr: float = Field(1e-5, ge=0.0)
+    min_lr: float = Field(1e-5, ge=0.0)
+    milestones: list[int] = Field(
+        default_factory=lambda: [10, 20],
+        description="multistep: 1-based epochs from which the rate is multiplied by decay_rate",
+    )
+    decay_rate: float = Field(0.1, gt=0.0, le=1.0)
+    patience_epochs: int = Field(2, ge=0)
+    restarts: int = Field(2, ge=1, description="cycles for cosine_restarts")
+
+
+class LossConfig(Strict):
+    name: Literal["cross_entropy", "focal"] = "cross_entropy"
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    focal_gamma: float = Field(2.0, ge=0.0)
+
+
+class AugmentConfig(Strict):
+    flip: bool = True
+    translate: int = Field(2, ge=0, description="max shift in pixels")
+    erasing: float = Field(0.0, ge=0.0, le=1.0, description="random erasing probability")
+    mixup_alpha: float = Field(0.0, ge=0.0)
+    cutmix_alpha: float = Field(0.0, ge=0.0)
+    mix_prob: float = Field(1.0, ge=0.0, le=1.0)
+
+
+class EmaConfig(Strict):
+    enabled: bool = False
+    decay: float = Field(0.998, gt=0.0, lt=1.0)
+
+
+class RecipeConfig(Strict):
+    epochs: int = Field(15, ge=1)
+    batch_size: int = Field(64, ge=2)
+    optimizer: OptimizerConfig = OptimizerConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    loss: LossConfig = LossConfig()
+    augment: AugmentConfig = AugmentConfig()
+    ema: EmaConfig = EmaConfig()
+    grad_clip: float | None = Field(None, gt=0.0)
+    early_stopping_patience: int = Field(0, ge=0, description="0 = off")
+    select_on: Literal["val_accuracy", "val_loss"] = "val_accuracy"
+    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
+    channels_last: bool = False
+    eval_batch_size: int = Field(500, ge=1)
+
+    @model_validator(mode="after")
+    def _mix_needs_even_batch(self) -> RecipeConfig:
+        mixing = self.augment.mixup_alpha > 0 or self.augment.cutmix_alpha > 0
+        if mixing and self.batch_size % 2:
+            raise ValueError(f"batch_size {self.batch_size} must be even when mixup/cutmix is on")
+        return self
+
+
+class PretrainConfig(Strict):
+    weights: Literal["source", "timm"] = Field(
+        "source", description="train on the source classes, or take timm's ImageNet weights"
+    )
+    seed: int = Field(0, ge=0)
+    model: ModelConfig = ModelConfig()
+    recipe: RecipeConfig = RecipeConfig()
+
+
+class TeacherConfig(Strict):
+    model: ModelConfig = ModelConfig()
+    recipe: RecipeConfig = RecipeConfig()
+
+
+class RuntimeConfig(Strict):
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int = Field(2, ge=1, description="torch CPU threads (fixed for determinism)")
+    deterministic: bool = True
+    progress: bool = True
+
+
+class EvaluateConfig(Strict):
+    ece_bins: int = Field(15, ge=2)
+
+
+class TrackingConfig(Strict):
+    enabled: bool = True
+    uri: str | None = Field(None, description="null = sqlite mlflow.db at the repo root")
+    experiment_prefix: str = "finch"
+    log_weights: bool = True
+
+
+class AggregateConfig(Strict):
+    confidence: float = Field(0.95, gt=0.5, lt=1.0)
+    bootstrap_resamples: int = Field(9999, ge=100)
+    bootstrap_seed: int = 0
+    headline_metrics: list[str] = Field(default_factory=lambda: ["accuracy", "f1_macro", "auroc_macro", "ece"])
+
+
+class VerifyConfig(Strict):
+    abs_tolerance: float = Field(0.01, ge=0.0, description="allowed |fresh - committed| per metric")
+
+
+class FinchConfig(Strict):
+    profile: str = "default"
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4], min_length=1)
+    runtime: RuntimeConfig = RuntimeConfig()
+    data: DataConfig = DataConfig()
+    pretrain: PretrainConfig = PretrainConfig()
+    teacher: TeacherConfig = TeacherConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    aggregate: AggregateConfig = AggregateConfig()
+    verify: VerifyConfig = VerifyConfig()
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> FinchConfig:
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds {self.seeds} repeat a value; list each seed once")
+        if self.pretrain.weights == "source" and self.data.source_classes != "rest" and not self.data.source_classes:
+            raise ValueError(
+                "pretrain.weights is 'source' but data.source_classes is empty: "
+                "name source classes, or set pretrain.weights: timm"
+            )
+        return self
+
+
+def _format_error(path: Path, err: ValidationError, model: type[BaseModel]) -> str:
+    lines = [f"{path}: invalid params ({err.error_count()} problem(s)):"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            allowed = _allowed_keys(model, e["loc"][:-1])
+            lines.append(f"  - {key}: unknown key; allowed here: {', '.join(allowed)}")
+        else:
+            got = e.get("input")
+            got_txt = "" if isinstance(got, dict) else f" (got {got!r})"
+            lines.append(f"  - {key}: {e['msg']}{got_txt}")
+    return "\n".join(lines)
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    current: Any = model
+    for part in loc:
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        current = field.annotation
+    return sorted(getattr(current, "model_fields", {}))
+
+
+def parse_params(raw: dict, source: Path | str = "params.yaml") -> FinchConfig:
+    """Validate a params mapping into a :class:`FinchConfig` or raise ConfigError."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+    try:
+        return FinchConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_error(Path(source), err, FinchConfig)) from None
+
+
+def load_params(path: Path | str = "params.yaml") -> FinchConfig:
+    """Read and validate ``params.yaml``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: params file not found; run from the repository root")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    return parse_params(raw, path)
+
+
+def config_hash(obj: Any) -> str:
+    """Stable short hash of a config section (pydantic model or plain data)."""
+    data = obj.model_dump(mode="json") if isinstance(obj, BaseModel) else obj
+    blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """Flatten nested dicts into dotted keys (for MLflow params)."""
+    if isinstance(data, BaseModel):
+        data = data.model_dump(mode="json")
+    out: dict[str, Any] = {}
+    if isinstance(data, dict):
+        for k, v in data.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+    else:
+        out[prefix.rstrip(".")] = data
+    return out

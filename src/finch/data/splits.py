@@ -1,0 +1,78 @@
+"""Reading the prepared splits back for training and evaluation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from finch.data.sources import DataError
+from finch.io import load_tensors, read_json
+
+
+@dataclass(frozen=True)
+class Split:
+    """Images (uint8 ``[N, C, H, W]``) and labels (int64 ``[N]``) of one split."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """One classification task: three splits, class names and normalisation."""
+
+    name: str
+    class_names: list[str]
+    train: Split
+    val: Split
+    test: Split
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    content_hash: str
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def in_chans(self) -> int:
+        return int(self.train.x.shape[1])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.train.x.shape[-1])
+
+    def normalisation(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel mean and std shaped ``[1, C, 1, 1]`` for batches on ``device``."""
+        shape = (1, -1, 1, 1)
+        return (
+            torch.tensor(self.mean, device=device).view(shape),
+            torch.tensor(self.std, device=device).view(shape),
+        )
+
+
+def load_task(prepared_dir: Path | str, task: str = "target") -> TaskData:
+    """Load ``target`` or ``source`` from the ``prepare`` stage's folder."""
+    prepared_dir = Path(prepared_dir)
+    card_path = prepared_dir / "card.json"
+    if not card_path.is_file():
+        raise DataError(f"{card_path}: missing; run the prepare stage first (dvc repro prepare)")
+    card = read_json(card_path)
+    task_card = card["target"] if task == "target" else card.get("source_task")
+    if task_card is None:
+        raise DataError(f"{prepared_dir}: no {task} task was prepared (data.source_classes is empty)")
+    tensors = load_tensors(prepared_dir / f"{task}.safetensors")
+    splits = {s: Split(tensors[f"{s}_x"], tensors[f"{s}_y"]) for s in ("train", "val", "test")}
+    return TaskData(
+        name=task,
+        class_names=list(task_card["classes"]),
+        mean=tuple(card["mean"]),
+        std=tuple(card["std"]),
+        content_hash=task_card["content_hash"],
+        **splits,
+    )

@@ -1,0 +1,116 @@
+"""Small file helpers: atomic writes and repository paths.
+
+Every output is written to a temporary name beside its destination and renamed into
+place, so a crash or a full disk never leaves a truncated file that looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+
+def repo_root() -> Path:
+    """The repository root: ``DVC_ROOT`` when DVC runs us, else the nearest dvc.yaml up."""
+    env = os.environ.get("DVC_ROOT")
+    if env:
+        return Path(env).resolve()
+    here = Path.cwd().resolve()
+    for candidate in (here, *here.parents):
+        if (candidate / "dvc.yaml").is_file():
+            return candidate
+    return here
+
+
+def shared_root(root: Path | None = None) -> Path:
+    """The main workspace, also from a ``dvc exp run --queue`` temporary copy.
+
+    DVC runs queued experiments in ``<repo>/.dvc/tmp/exps/<tmp>/``; results that must be
+    shared (the MLflow database) belong to ``<repo>``.
+    """
+    root = (root or repo_root()).resolve()
+    parts = root.parts
+    for i in range(len(parts) - 3):
+        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    return root
+
+
+@contextmanager
+def atomic_path(dest: Path | str) -> Iterator[Path]:
+    """Yield a temporary path beside ``dest``; rename it onto ``dest`` on success."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.chmod(tmp_path, 0o644)
+        os.replace(tmp_path, dest)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+@contextmanager
+def atomic_dir(dest: Path | str) -> Iterator[Path]:
+    """Yield a temporary folder beside ``dest``; it replaces ``dest`` on success."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o755)
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def write_text(dest: Path | str, text: str) -> None:
+    with atomic_path(dest) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(dest: Path | str, data: Any) -> None:
+    write_text(dest, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: Path | str) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def write_with(dest: Path | str, writer: Callable[[Path], None]) -> None:
+    """Atomically create ``dest`` with ``writer(tmp_path)`` (for library savers)."""
+    with atomic_path(dest) as tmp:
+        writer(tmp)
+
+
+def save_tensors(dest: Path | str, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
+    """Save tensors as safetensors, atomically."""
+    meta = {k: str(v) for k, v in (metadata or {}).items()}
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    write_with(dest, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+
+
+def load_tensors(path: Path | str) -> dict[str, torch.Tensor]:
+    """Load a safetensors file, with a clear error when it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: weights file not found; run the stage that writes it")
+    try:
+        return load_file(str(path))
+    except Exception as err:  # safetensors raises several error types
+        raise ValueError(f"{path}: not a readable safetensors file ({err})") from None

@@ -1,0 +1,77 @@
+"""Model factory (timm) and backbone weights in safetensors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from finch.config import ModelConfig
+from finch.io import load_tensors, save_tensors
+
+
+class ModelError(ValueError):
+    """A model or weights file that does not fit; the message says which and why."""
+
+
+def build_model(cfg: ModelConfig, num_classes: int, in_chans: int, pretrained: bool = False) -> nn.Module:
+    """Create a timm model for ``in_chans``-channel images and ``num_classes`` classes."""
+    try:
+        model = timm.create_model(
+            cfg.name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans, **cfg.kwargs
+        )
+    except RuntimeError as err:
+        if "Unknown model" in str(err):
+            raise ModelError(f"model.name {cfg.name!r} is not a timm model ({err})") from None
+        raise
+    except TypeError as err:
+        raise ModelError(f"model.kwargs {cfg.kwargs} not accepted by timm's {cfg.name}: {err}") from None
+    if cfg.small_input_stem:
+        if not hasattr(model, "maxpool"):
+            raise ModelError(f"model.small_input_stem needs a stem max-pool, which {cfg.name} has not")
+        model.maxpool = nn.Identity()
+    return model
+
+
+def classifier_prefix(model: nn.Module) -> str:
+    """Name of the classification head's module (``fc`` for ResNets, ``head`` for ViTs)."""
+    return model.pretrained_cfg.get("classifier", "fc") if hasattr(model, "pretrained_cfg") else "fc"
+
+
+def backbone_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """State dict without the classification head."""
+    head = classifier_prefix(model)
+    return {k: v for k, v in model.state_dict().items() if not k.startswith(head + ".")}
+
+
+def save_backbone(model: nn.Module, path: Path | str, metadata: dict) -> None:
+    save_tensors(path, backbone_state(model), metadata)
+
+
+def load_backbone(model: nn.Module, path: Path | str) -> None:
+    """Load backbone weights into ``model``; everything but its head must match exactly."""
+    state = load_tensors(path)
+    head = classifier_prefix(model)
+    own = model.state_dict()
+    unexpected = sorted(set(state) - set(own))
+    missing = sorted(k for k in set(own) - set(state) if not k.startswith(head + "."))
+    mismatched = [k for k in state if k in own and own[k].shape != state[k].shape]
+    if unexpected or missing or mismatched:
+        detail = "; ".join(
+            f"{label}: {keys[:3]}{' ...' if len(keys) > 3 else ''}"
+            for label, keys in (("unexpected", unexpected), ("missing", missing), ("shape differs", mismatched))
+            if keys
+        )
+        raise ModelError(
+            f"{path}: backbone does not fit this model ({detail}); the pretrain and teacher "
+            "model settings (name, kwargs, channels) must agree — re-run the pretrain stage"
+        )
+    model.load_state_dict(state, strict=False)
+
+
+def parameter_counts(model: nn.Module) -> dict[str, int]:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"params_total": total, "params_trainable": trainable}

@@ -1,0 +1,99 @@
+"""Figures: confusion matrices, learning curves and forest plots (matplotlib, no display)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from finch.io import write_with  # noqa: E402
+
+
+def _save(fig, path: Path | str) -> None:
+    write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+    plt.close(fig)
+
+
+def confusion_figure(confusion, class_names: list[str], path: Path | str, title: str = "") -> None:
+    """Row-normalised confusion matrix with counts in each cell."""
+    cm = np.asarray(confusion, dtype=float)
+    rates = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    n = len(class_names)
+    size = max(4.0, 0.6 * n + 2)
+    fig, ax = plt.subplots(figsize=(size, size * 0.85))
+    im = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    if n <= 20:
+        ax.set_xticks(range(n), class_names, rotation=45, ha="right")
+        ax.set_yticks(range(n), class_names)
+        for i in range(n):
+            for j in range(n):
+                ax.text(
+                    j,
+                    i,
+                    f"{int(cm[i, j])}",
+                    ha="center",
+                    va="center",
+                    color="white" if rates[i, j] > 0.5 else "black",
+                    fontsize=8,
+                )
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title or "confusion matrix (share of each true class)")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    _save(fig, path)
+
+
+def curves_figure(histories: dict[str, list[dict]], path: Path | str, title: str = "") -> None:
+    """Train/validation loss and validation accuracy per epoch, one line per run."""
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for label, rows in histories.items():
+        if not rows:
+            continue
+        epochs = [r["epoch"] for r in rows]
+        line = ax_loss.plot(epochs, [r["train_loss"] for r in rows], label=f"{label} train")[0]
+        ax_loss.plot(epochs, [r["val_loss"] for r in rows], "--", color=line.get_color(), label=f"{label} val")
+        ax_acc.plot(epochs, [r["val_accuracy"] for r in rows], color=line.get_color(), label=label)
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("loss (solid: train, dashed: validation)")
+    ax_acc.set_xlabel("epoch")
+    ax_acc.set_ylabel("validation accuracy")
+    ax_acc.legend(fontsize=7)
+    if len(histories) <= 3:
+        ax_loss.legend(fontsize=7)
+    fig.suptitle(title or "learning curves")
+    _save(fig, path)
+
+
+def forest_figure(rows: list[dict], metric: str, path: Path | str) -> None:
+    """Mean with the t interval (thick) and bootstrap interval (thin) per group.
+
+    ``rows``: dicts with label, mean, t_low, t_high, boot_low, boot_high, n.
+    """
+    fig, ax = plt.subplots(figsize=(6.5, 0.55 * len(rows) + 1.2))
+    labelled: set[str] = set()
+
+    def once(name: str) -> str | None:
+        if name in labelled:
+            return None
+        labelled.add(name)
+        return name
+
+    for i, r in enumerate(rows):
+        y = len(rows) - 1 - i
+        if np.isfinite(r["boot_low"]):
+            ax.plot(
+                [r["boot_low"], r["boot_high"]], [y - 0.12] * 2, color="tab:orange", lw=1.5, label=once("95% bootstrap")
+            )
+        if np.isfinite(r["t_low"]):
+            ax.plot([r["t_low"], r["t_high"]], [y] * 2, color="tab:blue", lw=3.5, label=once("95% t interval"))
+        ax.plot([r["mean"]], [y], "o", color="black", label=once("mean"))
+    ax.set_yticks(range(len(rows)), [f"{r['label']} (n={r['n']})" for r in reversed(rows)])
+    ax.set_xlabel(metric)
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    ax.set_title(f"{metric}: mean and 95% intervals over seeds")
+    _save(fig, path)

@@ -1,0 +1,190 @@
+"""MLflow logging, fed from the per-run records (the source of truth).
+
+:func:`sync` is idempotent: it logs every record whose run key is not yet in MLflow, so
+runs restored by DVC's run-cache, or whose logging failed while the tracking server was
+down, arrive later. A run gets its ``finch.run_key`` tag only once everything else is
+logged, so a half-logged run is never mistaken for a complete one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from finch.config import TrackingConfig, flatten
+from finch.io import shared_root
+from finch.runs import RunRecord, read_record
+
+log = logging.getLogger(__name__)
+KEY_TAG = "finch.run_key"
+
+
+def tracking_uri(cfg: TrackingConfig, root: Path | None = None) -> str:
+    """``MLFLOW_TRACKING_URI``, else ``tracking.uri``, else SQLite at the repository root."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg.uri
+    return uri or f"sqlite:///{shared_root(root) / 'mlflow.db'}"
+
+
+def experiment_name(cfg: TrackingConfig, profile: str) -> str:
+    return f"{cfg.experiment_prefix}-{profile}"
+
+
+class Tracker:
+    """One MLflow experiment, reached through ``MlflowClient`` (no global state)."""
+
+    def __init__(self, cfg: TrackingConfig, profile: str, root: Path | None = None):
+        from mlflow.tracking import MlflowClient
+
+        self.cfg = cfg
+        self.uri = tracking_uri(cfg, root)
+        self.client = MlflowClient(tracking_uri=self.uri)
+        name = experiment_name(cfg, profile)
+        exp = self.client.get_experiment_by_name(name)
+        if exp is None:
+            artifacts = None
+            if self.uri.startswith("sqlite:///") and not (os.environ.get("MLFLOW_TRACKING_URI") or cfg.uri):
+                artifacts = (shared_root(root) / "mlartifacts" / name).as_uri()
+            self.experiment_id = self.client.create_experiment(name, artifact_location=artifacts)
+        else:
+            self.experiment_id = exp.experiment_id
+
+    def search(self, filter_string: str = "") -> list:
+        runs, token = [], None
+        while True:
+            page = self.client.search_runs(
+                [self.experiment_id], filter_string=filter_string, max_results=1000, page_token=token
+            )
+            runs += list(page)
+            token = page.token
+            if not token:
+                return runs
+
+    def logged_keys(self) -> set[str]:
+        """Run keys of completely logged runs; half-logged leftovers are deleted."""
+        keys = set()
+        for run in self.search("tags.`finch.stage` LIKE '%'"):
+            key = run.data.tags.get(KEY_TAG)
+            if key and run.info.status == "FINISHED":
+                keys.add(key)
+            elif run.info.status != "RUNNING":
+                self.client.delete_run(run.info.run_id)
+        return keys
+
+    def log_record(self, rec: RunRecord) -> str:
+        """Log one run: params, tags, per-epoch curves, metrics, figures and weights."""
+        from mlflow.entities import Metric, Param
+
+        from finch.report import figures
+
+        d = rec.data
+        tags = {k: v for k, v in d["tags"].items() if k != KEY_TAG}
+        run = self.client.create_run(self.experiment_id, run_name=d["run_name"], tags=tags)
+        run_id = run.info.run_id
+        try:
+            now = int(time.time() * 1000)
+            metrics = [
+                Metric(k, float(v), now, int(row["epoch"]))
+                for row in rec.history
+                for k, v in row.items()
+                if k != "epoch"
+            ]
+            metrics += [Metric(k, float(v), now, 0) for k, v in {**d["metrics"], **d["cost"]}.items()]
+            metrics.append(Metric("best_epoch", float(d["best_epoch"]), now, 0))
+            params = [Param(k, str(v)[:6000]) for k, v in flatten(d["params"]).items()]
+            _log_batches(self.client, run_id, metrics, params)
+            with tempfile.TemporaryDirectory() as tmp:
+                cm = Path(tmp) / "confusion_matrix.png"
+                figures.confusion_figure(d["confusion"], d["class_names"], cm, title=d["run_name"])
+                curves = Path(tmp) / "learning_curves.png"
+                figures.curves_figure({d["run_name"]: rec.history}, curves, title=d["run_name"])
+                self.client.log_artifact(run_id, str(cm), "figures")
+                self.client.log_artifact(run_id, str(curves), "figures")
+            self.client.log_artifact(run_id, str(rec.path / "record.json"), "record")
+            weights = Path(d["weights"])  # relative to the workspace the stage ran in
+            if self.cfg.log_weights and weights.is_file():
+                self.client.log_artifact(run_id, str(weights), "weights")
+            self.client.set_tag(run_id, KEY_TAG, d["run_key"])
+            self.client.set_terminated(run_id, "FINISHED")
+        except Exception:
+            self.client.set_terminated(run_id, "FAILED")
+            raise
+        return run_id
+
+    def log_summary(
+        self, stage: str, variant: str, summary_rows: list[dict], member_keys: list[str], present: set[str]
+    ) -> bool:
+        """One summary run per (stage, variant): mean, std and interval bounds as metrics."""
+        from mlflow.entities import Metric
+
+        from finch.runs import run_key
+
+        key = run_key(stage, variant, -1, ",".join(sorted(member_keys)))
+        if key in present:
+            return False
+        name = stage if variant == "default" else f"{stage}/{variant}"
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=f"{name}/summary",
+            tags={
+                "finch.stage": stage,
+                "finch.variant": variant,
+                "finch.kind": "summary",
+                "finch.seeds": str(len(member_keys)),
+            },
+        )
+        now = int(time.time() * 1000)
+        metrics = []
+        for r in summary_rows:
+            for stat in ("mean", "std", "t_low", "t_high", "boot_low", "boot_high"):
+                value = r[stat]
+                if value == value:  # skip NaN
+                    metrics.append(Metric(f"{r['metric']}.{stat}", float(value), now, 0))
+        _log_batches(self.client, run.info.run_id, metrics, [])
+        self.client.set_tag(run.info.run_id, KEY_TAG, key)
+        self.client.set_terminated(run.info.run_id, "FINISHED")
+        return True
+
+
+def _log_batches(client, run_id: str, metrics: list, params: list) -> None:
+    """log_batch within MLflow's limits (1000 metrics, 100 params per call)."""
+    for i in range(0, len(metrics), 1000):
+        client.log_batch(run_id, metrics=metrics[i : i + 1000])
+    for i in range(0, len(params), 100):
+        client.log_batch(run_id, params=params[i : i + 100])
+
+
+def sync(
+    records: list[RunRecord], cfg: TrackingConfig, profile: str, summaries: list[dict] | None = None
+) -> dict[str, int]:
+    """Log every record (and summary) not yet in MLflow; return what was logged.
+
+    ``summaries``: dicts with stage, variant, rows (summary rows) and member_keys.
+    """
+    tracker = Tracker(cfg, profile)
+    present = tracker.logged_keys()
+    missing = [rec for rec in records if rec.key not in present]
+    for rec in missing:
+        tracker.log_record(rec)
+    n_summaries = sum(
+        tracker.log_summary(s["stage"], s["variant"], s["rows"], s["member_keys"], present) for s in summaries or []
+    )
+    return {"logged": len(missing), "already_present": len(records) - len(missing), "summaries": n_summaries}
+
+
+def log_runs_safely(folders: list[Path], cfg: TrackingConfig, profile: str) -> None:
+    """Log freshly trained runs; a failure only warns (the aggregate's sync retries)."""
+    if not cfg.enabled:
+        return
+    try:
+        counts = sync([read_record(f) for f in folders], cfg, profile)
+        log.info("MLflow: logged %d run(s) to %s", counts["logged"], tracking_uri(cfg))
+    except Exception as err:  # tracking must never cost a finished training run
+        log.warning(
+            "MLflow logging failed (%s: %s); the results are safe in reports/runs and the "
+            "aggregate stage (or `finch sync`) will log them when the store is reachable",
+            type(err).__name__,
+            err,
+        )

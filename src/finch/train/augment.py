@@ -1,0 +1,77 @@
+"""Augmentation of whole batches of tensors (no per-sample PIL work).
+
+Flip and translation are vectorised over the batch; random erasing and mixup/cutmix
+come from timm. All randomness draws from the run's seeded generators.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from timm.data import Mixup
+from timm.data.random_erasing import RandomErasing
+
+from finch.config import AugmentConfig
+
+
+def normalise(x_uint8: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[B, C, H, W]`` → float, scaled to [0, 1] and standardised per channel."""
+    return (x_uint8.float() / 255.0 - mean) / std
+
+
+def random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Mirror a random half of the batch left-right."""
+    mask = torch.rand(x.shape[0], generator=generator, device="cpu") < 0.5
+    return torch.where(mask.to(x.device)[:, None, None, None], x.flip(-1), x)
+
+
+def random_translate(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
+    """Shift each image by up to ``max_shift`` whole pixels, filling with zeros."""
+    if max_shift <= 0:
+        return x
+    b, c, h, w = x.shape
+    shifts = torch.randint(-max_shift, max_shift + 1, (b, 2), generator=generator, device="cpu")
+    padded = F.pad(x, (max_shift,) * 4)
+    rows = (torch.arange(h)[None, :] + max_shift - shifts[:, :1]).to(x.device)  # [B, H]
+    cols = (torch.arange(w)[None, :] + max_shift - shifts[:, 1:]).to(x.device)  # [B, W]
+    batch = torch.arange(b, device=x.device)[:, None, None]
+    # advanced indexing: [B, H, W, C] → back to [B, C, H, W]
+    out = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
+class BatchAugment:
+    """Train-time augmentation of a normalised float batch and its labels.
+
+    Returns ``(images, targets)``; targets are class indices, or soft label
+    distributions when mixup/cutmix is on.
+    """
+
+    def __init__(self, cfg: AugmentConfig, num_classes: int, label_smoothing: float, device: torch.device):
+        self.cfg = cfg
+        self.erase = (
+            RandomErasing(probability=cfg.erasing, mode="pixel", device=str(device)) if cfg.erasing > 0 else None
+        )
+        self.mix = (
+            Mixup(
+                mixup_alpha=cfg.mixup_alpha,
+                cutmix_alpha=cfg.cutmix_alpha,
+                prob=cfg.mix_prob,
+                label_smoothing=label_smoothing,
+                num_classes=num_classes,
+            )
+            if cfg.mixup_alpha > 0 or cfg.cutmix_alpha > 0
+            else None
+        )
+
+    def __call__(
+        self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.cfg.flip:
+            x = random_flip(x, generator)
+        x = random_translate(x, self.cfg.translate, generator)
+        if self.erase is not None:
+            x = self.erase(x)
+        if self.mix is not None:
+            x, y = self.mix(x, y)
+        return x, y

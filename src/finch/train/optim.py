@@ -1,0 +1,96 @@
+"""Optimizers and learning-rate schedules, built by timm from the recipe."""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from timm.scheduler.scheduler import Scheduler
+
+from finch.config import OptimizerConfig, SchedulerConfig
+
+# timm's "sgd" is Nesterov SGD; "momentum" is plain heavy-ball SGD.
+_TIMM_OPT = {"adam": "adam", "adamw": "adamw"}
+
+
+def build_optimizer(model: torch.nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    """Optimizer over the trainable parameters (no weight decay on biases and norms)."""
+    name = _TIMM_OPT.get(cfg.name) or ("sgd" if cfg.nesterov else "momentum")
+    extra = {"momentum": cfg.momentum} if cfg.name == "sgd" else {}
+    return create_optimizer_v2(model, opt=name, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=False, **extra)
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: SchedulerConfig, epochs: int, steps_per_epoch: int
+) -> Scheduler | None:
+    """A timm scheduler stepped every update (``step_update``) and every epoch (``step``)."""
+    if cfg.name == "none":
+        return None
+    common = dict(
+        warmup_epochs=cfg.warmup_epochs,
+        warmup_lr=cfg.warmup_lr,
+        min_lr=cfg.min_lr,
+        updates_per_epoch=steps_per_epoch,
+    )
+    if cfg.name == "cosine":
+        sched, _ = create_scheduler_v2(optimizer, "cosine", num_epochs=epochs, step_on_epochs=False, **common)
+    elif cfg.name == "cosine_restarts":
+        cycle = max(1, epochs // cfg.restarts)
+        sched, _ = create_scheduler_v2(
+            optimizer,
+            "cosine",
+            num_epochs=cycle,
+            cycle_limit=cfg.restarts,
+            cycle_decay=1.0,
+            step_on_epochs=False,
+            **common,
+        )
+    elif cfg.name == "multistep":
+        sched, _ = create_scheduler_v2(
+            optimizer,
+            "multistep",
+            num_epochs=epochs,
+            decay_milestones=cfg.milestones,
+            decay_rate=cfg.decay_rate,
+            step_on_epochs=True,
+            **common,
+        )
+    else:  # plateau, on validation loss
+        with warnings.catch_warnings():
+            # timm warns that it does not checkpoint the plateau state; scheduler_state() does
+            warnings.filterwarnings("ignore", "PlateauLRScheduler is deprecated", FutureWarning)
+            sched, _ = create_scheduler_v2(
+                optimizer,
+                "plateau",
+                num_epochs=epochs,
+                patience_epochs=cfg.patience_epochs,
+                decay_rate=cfg.decay_rate,
+                plateau_mode="min",
+                cooldown_epochs=0,
+                **common,
+            )
+    return sched
+
+
+def scheduler_state(sched: Scheduler | None) -> dict:
+    """Full scheduler state, including the plateau counters timm leaves out."""
+    if sched is None:
+        return {}
+    state = {"timm": sched.state_dict()}
+    if hasattr(sched, "lr_scheduler"):  # timm's plateau wraps torch's ReduceLROnPlateau
+        state["torch_plateau"] = sched.lr_scheduler.state_dict()
+    return state
+
+
+def load_scheduler_state(sched: Scheduler | None, state: dict) -> None:
+    if sched is None:
+        return
+    sched.load_state_dict(state["timm"])
+    if "torch_plateau" in state:
+        sched.lr_scheduler.load_state_dict(state["torch_plateau"])
+
+
+def current_lr(optimizer: torch.optim.Optimizer) -> float:
+    return float(optimizer.param_groups[0]["lr"])

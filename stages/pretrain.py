@@ -1,0 +1,6 @@
+"""DVC stage `pretrain`: the CNN backbone from the source classes (or timm's weights)."""
+
+from finch.pipeline import pretrain, run_stage
+
+if __name__ == "__main__":
+    run_stage("pretrain", pretrain, imports=("torch", "timm", "mlflow", "finch.study"))

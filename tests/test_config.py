@@ -1,0 +1,88 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from finch.cli import render_profile, write_profile
+from finch.config import ConfigError, load_params, parse_params
+
+from .conftest import REPO
+
+
+def default_raw() -> dict:
+    raw, _ = render_profile("default", REPO / "profiles")
+    return raw
+
+
+def test_every_profile_validates():
+    for name in ("default", "smoke", "cub200"):
+        raw, _ = render_profile(name, REPO / "profiles")
+        cfg = parse_params(raw)
+        assert cfg.profile == name
+
+
+def test_committed_params_yaml_is_the_default_profile():
+    assert yaml.safe_load((REPO / "params.yaml").read_text()) == default_raw()
+
+
+def test_unknown_key_is_named_with_allowed_keys():
+    raw = default_raw()
+    raw["teacher"]["recipe"]["optimiser"] = {"lr": 0.1}
+    with pytest.raises(ConfigError) as err:
+        parse_params(raw)
+    msg = str(err.value)
+    assert "teacher.recipe.optimiser: unknown key" in msg
+    assert "optimizer" in msg and "batch_size" in msg
+
+
+def test_wrong_type_and_out_of_range_values_are_named():
+    raw = default_raw()
+    raw["teacher"]["recipe"]["epochs"] = "many"
+    raw["data"]["val_fraction"] = 1.5
+    with pytest.raises(ConfigError) as err:
+        parse_params(raw)
+    msg = str(err.value)
+    assert "teacher.recipe.epochs" in msg and "'many'" in msg
+    assert "data.val_fraction" in msg and "less than 1" in msg
+
+
+def test_bad_choice_lists_allowed_values():
+    raw = default_raw()
+    raw["teacher"]["recipe"]["optimizer"]["name"] = "lion"
+    with pytest.raises(ConfigError, match=r"optimizer.name.*'sgd', 'adam' or 'adamw'"):
+        parse_params(raw)
+
+
+def test_cross_field_checks():
+    raw = default_raw()
+    raw["seeds"] = [1, 1]
+    with pytest.raises(ConfigError, match="repeat"):
+        parse_params(raw)
+    raw = default_raw()
+    raw["data"]["mean"] = [0.5, 0.5, 0.5]
+    with pytest.raises(ConfigError, match="data.mean has 3 values"):
+        parse_params(raw)
+    raw = default_raw()
+    raw["teacher"]["recipe"]["augment"]["mixup_alpha"] = 0.2
+    raw["teacher"]["recipe"]["batch_size"] = 33
+    with pytest.raises(ConfigError, match="must be even"):
+        parse_params(raw)
+
+
+def test_missing_and_malformed_params_files(tmp_path: Path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_params(tmp_path / "nope.yaml")
+    bad = tmp_path / "params.yaml"
+    bad.write_text("seeds: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_params(bad)
+
+
+def test_profile_switch_writes_validated_params(tmp_path: Path):
+    dest = tmp_path / "params.yaml"
+    write_profile("smoke", dest, REPO / "profiles")
+    cfg = load_params(dest)
+    assert cfg.profile == "smoke" and cfg.seeds == [0, 1]
+    assert cfg.data.target_classes == ["T-shirt/top", "Pullover", "Coat", "Shirt"]  # inherited
+    with pytest.raises(ConfigError, match="known profiles"):
+        write_profile("nope", dest, REPO / "profiles")

@@ -1,0 +1,111 @@
+import math
+
+import pytest
+import torch
+
+from finch.evaluate import classification_metrics, predict_proba
+from finch.models import build_model
+from finch.train.engine import NonFiniteLossError, fit
+from finch.train.losses import Objective
+
+from .conftest import TINY_MODEL, tiny_recipe
+
+CPU = torch.device("cpu")
+
+
+def train(task, recipe, seed=0, **kw):
+    torch.manual_seed(seed)
+    model = build_model(TINY_MODEL, task.num_classes, task.in_chans)
+    return fit(model, task, recipe, seed=seed, device=CPU, progress=False, **kw)
+
+
+def test_tiny_model_learns_separable_task(toy_task):
+    result = train(toy_task, tiny_recipe(epochs=5))
+    probs, speed = predict_proba(result.model, toy_task.test, *toy_task.normalisation(CPU), 32, CPU)
+    metrics, _ = classification_metrics(toy_task.test.y.numpy(), probs, toy_task.class_names)
+    assert metrics["accuracy"] >= 0.95
+    assert speed > 0 and len(result.history) == 5
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},
+        {
+            "augment": {"flip": True, "translate": 1, "erasing": 0.5, "mixup_alpha": 0.4, "cutmix_alpha": 1.0},
+            "ema": {"enabled": True, "decay": 0.9},
+            "loss": {"name": "focal", "label_smoothing": 0.1},
+        },
+    ],
+)
+def test_same_seed_same_numbers(toy_task, extra):
+    recipe = tiny_recipe(epochs=3, **extra)
+    a, b = train(toy_task, recipe, seed=3), train(toy_task, recipe, seed=3)
+    assert [r["val_loss"] for r in a.history] == [r["val_loss"] for r in b.history]
+    for (k, va), vb in zip(a.model.state_dict().items(), b.model.state_dict().values(), strict=True):
+        assert torch.equal(va, vb), k
+    c = train(toy_task, recipe, seed=4)
+    assert [r["val_loss"] for r in a.history] != [r["val_loss"] for r in c.history]
+
+
+class CrashAt:
+    """An objective that dies on its n-th call, like a process killed mid-epoch."""
+
+    def __init__(self, inner: Objective, at_call: int):
+        self.inner, self.at_call, self.calls = inner, at_call, 0
+        self.logits = inner.logits
+
+    def loss(self, outputs, targets, inputs):
+        self.calls += 1
+        if self.calls == self.at_call:
+            raise KeyboardInterrupt("simulated crash")
+        return self.inner.loss(outputs, targets, inputs)
+
+
+@pytest.mark.parametrize("scheduler", ["cosine", "plateau", "multistep"])
+def test_resume_after_crash_matches_uninterrupted_run(toy_task, tmp_path, scheduler):
+    recipe = tiny_recipe(
+        epochs=4,
+        scheduler={"name": scheduler, "warmup_epochs": 1, "milestones": [2]},
+        ema={"enabled": True, "decay": 0.9},
+        augment={"flip": True, "translate": 1, "erasing": 0.3, "mixup_alpha": 0.2},
+    )
+    full = train(toy_task, recipe, seed=1)
+    ckpt = tmp_path / "ckpt.pt"
+    steps_per_epoch = len(toy_task.train) // recipe.batch_size
+    crashing = CrashAt(Objective(recipe.loss, 2, mixing=True), at_call=2 * steps_per_epoch + 2)  # epoch 3
+    with pytest.raises(KeyboardInterrupt):
+        train(toy_task, recipe, seed=1, objective=crashing, checkpoint_path=ckpt, fingerprint="run")
+    assert ckpt.is_file()
+    resumed = train(toy_task, recipe, seed=1, checkpoint_path=ckpt, fingerprint="run")
+    assert resumed.resumed_from_epoch == 2
+    assert [r["val_loss"] for r in resumed.history] == [r["val_loss"] for r in full.history]
+    for va, vb in zip(full.model.state_dict().values(), resumed.model.state_dict().values(), strict=True):
+        assert torch.equal(va, vb)
+
+
+def test_checkpoint_of_other_settings_is_ignored(toy_task, tmp_path):
+    ckpt = tmp_path / "ckpt.pt"
+    recipe = tiny_recipe(epochs=2)
+    train(toy_task, recipe, checkpoint_path=ckpt, fingerprint="a")
+    again = train(toy_task, recipe, checkpoint_path=ckpt, fingerprint="b")
+    assert again.resumed_from_epoch is None and len(again.history) == 2
+
+
+def test_non_finite_loss_stops_the_run(toy_task):
+    class NaNLoss(Objective):
+        def loss(self, outputs, targets, inputs):
+            return super().loss(outputs, targets, inputs) * math.nan
+
+    recipe = tiny_recipe(epochs=2)
+    with pytest.raises(NonFiniteLossError, match=r"loss is nan at epoch 1, step 1.*recipe.optimizer.lr"):
+        train(toy_task, recipe, objective=NaNLoss(recipe.loss, 2, mixing=False))
+
+
+def test_early_stopping_and_best_epoch_selection(toy_task):
+    result = train(toy_task, tiny_recipe(epochs=30, early_stopping_patience=2, select_on="val_loss"))
+    assert result.stopped_early and len(result.history) < 30
+    best = min(result.history, key=lambda r: r["val_loss"])
+    assert result.best_epoch == best["epoch"]
+    assert len(result.history) == result.best_epoch + 2

@@ -1,0 +1,134 @@
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from finch.evaluate import class_key, classification_metrics
+from finch.report.stats import bootstrap_interval, summarize, t_interval
+from finch.report.verify import verify
+
+
+def test_metrics_against_hand_computed_values():
+    y = np.array([0, 0, 1, 1, 2, 2])
+    probs = np.array(
+        [
+            [0.8, 0.1, 0.1],  # 0 → 0 ok
+            [0.3, 0.6, 0.1],  # 0 → 1 wrong
+            [0.1, 0.7, 0.2],  # 1 → 1 ok
+            [0.2, 0.5, 0.3],  # 1 → 1 ok
+            [0.1, 0.1, 0.8],  # 2 → 2 ok
+            [0.5, 0.2, 0.3],  # 2 → 0 wrong
+        ]
+    )
+    m, cm = classification_metrics(y, probs, ["a", "b", "c"], ece_bins=10)
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    assert cm == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+    # precision: a 1/2, b 2/3, c 1/1; recall: a 1/2, b 1, c 1/2
+    assert m["precision_macro"] == pytest.approx((0.5 + 2 / 3 + 1) / 3)
+    assert m["recall_macro"] == pytest.approx((0.5 + 1 + 0.5) / 3)
+    f1 = [2 * p * r / (p + r) for p, r in ((0.5, 0.5), (2 / 3, 1), (1, 0.5))]
+    assert m["f1_macro"] == pytest.approx(np.mean(f1))
+    assert m["class_acc.b"] == 1.0 and m["class_acc.a"] == 0.5
+    # ECE with 10 bins: confidences 0.8,0.6,0.7,0.5,0.8,0.5; each bin |acc - conf| weighted
+    conf = probs.max(1)
+    correct = probs.argmax(1) == y
+    ece = 0.0
+    for lo in np.arange(0, 1, 0.1):
+        inside = (conf > lo) & (conf <= lo + 0.1)
+        if inside.any():
+            ece += inside.mean() * abs(correct[inside].mean() - conf[inside].mean())
+    assert m["ece"] == pytest.approx(ece, abs=1e-6)
+    assert 0.5 < m["auroc_macro"] <= 1.0
+    assert "top5_accuracy" not in m
+
+
+def test_top5_only_with_more_than_five_classes():
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(7), size=50)
+    y = np.arange(50) % 7
+    m, _ = classification_metrics(y, probs, [f"c{i}" for i in range(7)])
+    expected = np.mean([y[i] in np.argsort(-probs[i])[:5] for i in range(50)])
+    assert m["top5_accuracy"] == pytest.approx(expected)
+
+
+def test_class_keys_are_metric_safe():
+    assert class_key("T-shirt/top") == "t_shirt_top"
+    assert class_key("001.Black_footed_Albatross") == "001_black_footed_albatross"
+
+
+def test_t_interval_matches_scipy():
+    x = [0.71, 0.69, 0.74, 0.70, 0.72]
+    lo, hi = t_interval(x, 0.95)
+    half = stats.t.ppf(0.975, 4) * np.std(x, ddof=1) / np.sqrt(5)
+    assert lo == pytest.approx(np.mean(x) - half) and hi == pytest.approx(np.mean(x) + half)
+
+
+def test_bootstrap_interval_seeded_and_sane():
+    x = [0.71, 0.69, 0.74, 0.70, 0.72]
+    a, b = bootstrap_interval(x, seed=1), bootstrap_interval(x, seed=1)
+    assert a == b
+    assert min(x) <= a[0] <= np.mean(x) <= a[1] <= max(x)
+
+
+def test_degenerate_samples():
+    assert all(np.isnan(v) for v in t_interval([0.5]))
+    assert all(np.isnan(v) for v in bootstrap_interval([0.5]))
+    assert t_interval([0.5, 0.5, 0.5]) == (0.5, 0.5)
+    assert bootstrap_interval([0.5, 0.5, 0.5]) == (0.5, 0.5)
+
+
+def test_summarize_groups_by_stage_variant_metric():
+    runs = pd.DataFrame(
+        {
+            "stage": ["t"] * 4,
+            "variant": ["v"] * 4,
+            "seed": [0, 1, 0, 1],
+            "metric": ["acc", "acc", "f1", "f1"],
+            "value": [0.5, 0.7, 0.4, 0.4],
+        }
+    )
+    s = summarize(runs, 0.95, 999, 0).set_index("metric")
+    assert s.loc["acc", "n"] == 2 and s.loc["acc", "mean"] == pytest.approx(0.6)
+    assert s.loc["f1", "t_low"] == s.loc["f1", "t_high"] == 0.4
+
+
+def runs_csv(values):
+    return pd.DataFrame(
+        [
+            {
+                "stage": "teacher",
+                "variant": "default",
+                "seed": s,
+                "run_key": "k",
+                "kind": "metrics",
+                "metric": "accuracy",
+                "value": v,
+            }
+            for s, v in enumerate(values)
+        ]
+        + [
+            {
+                "stage": "teacher",
+                "variant": "default",
+                "seed": 0,
+                "run_key": "k",
+                "kind": "cost",
+                "metric": "train_time_s",
+                "value": 99.0,
+            }
+        ]
+    )
+
+
+def test_verify_passes_within_tolerance_and_ignores_cost():
+    fresh = runs_csv([0.70, 0.71])
+    fresh.loc[fresh.kind == "cost", "value"] = 1.0
+    ok, report = verify(fresh, runs_csv([0.705, 0.71]), 0.01)
+    assert ok and "reproduce" in report
+
+
+def test_verify_fails_with_a_table_of_differences():
+    ok, report = verify(runs_csv([0.70, 0.60]), runs_csv([0.70, 0.71]), 0.01)
+    assert not ok and "differs" in report and "0.6" in report
+    ok, report = verify(runs_csv([0.70]), runs_csv([0.70, 0.71]), 0.01)
+    assert not ok and "missing in fresh run" in report

@@ -1,0 +1,92 @@
+"""MLflow sync from run records: idempotent, nothing lost, half-logged runs replaced."""
+
+from pathlib import Path
+
+import pytest
+
+from finch.config import TrackingConfig
+from finch.runs import find_records, run_dir, write_record
+from finch.tracking import KEY_TAG, Tracker, log_runs_safely, sync
+
+
+def fake_record(root: Path, seed: int) -> Path:
+    folder = run_dir(root, "teacher", "default", seed)
+    write_record(
+        folder,
+        {
+            "stage": "teacher",
+            "variant": "default",
+            "seed": seed,
+            "run_key": f"key{seed}",
+            "run_name": f"teacher/seed={seed}",
+            "params_hash": "h",
+            "params": {"recipe": {"lr": 0.1}},
+            "tags": {
+                "finch.stage": "teacher",
+                "finch.variant": "default",
+                "finch.seed": str(seed),
+                KEY_TAG: f"key{seed}",
+            },
+            "metrics": {"accuracy": 0.5 + seed / 10, "params_total": 10},
+            "cost": {"train_time_s": 1.0},
+            "best_epoch": 2,
+            "class_names": ["a", "b"],
+            "confusion": [[3, 1], [0, 4]],
+            "weights": str(root / "missing.safetensors"),
+        },
+        [
+            {"epoch": 1, "train_loss": 1.0, "val_loss": 0.9, "val_accuracy": 0.6, "lr": 0.1},
+            {"epoch": 2, "train_loss": 0.5, "val_loss": 0.6, "val_accuracy": 0.8, "lr": 0.05},
+        ],
+    )
+    return folder
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.chdir(tmp_path)
+    return TrackingConfig()
+
+
+def test_sync_logs_missing_runs_once(tmp_path, store):
+    for seed in (0, 1):
+        fake_record(tmp_path / "runs", seed)
+    records = find_records(tmp_path / "runs")
+    assert sync(records, store, "test") == {"logged": 2, "already_present": 0, "summaries": 0}
+    assert sync(records, store, "test")["logged"] == 0  # idempotent
+
+    tracker = Tracker(store, "test")
+    runs = tracker.search()
+    assert sorted(r.info.run_name for r in runs) == ["teacher/seed=0", "teacher/seed=1"]
+    run = next(r for r in runs if r.info.run_name == "teacher/seed=1")
+    assert run.data.metrics["accuracy"] == pytest.approx(0.6)
+    assert run.data.params["recipe.lr"] == "0.1"
+    assert run.data.tags["finch.seed"] == "1"
+    history = tracker.client.get_metric_history(run.info.run_id, "val_accuracy")
+    assert [(m.step, m.value) for m in history] == [(1, 0.6), (2, 0.8)]
+    artifacts = {a.path for a in tracker.client.list_artifacts(run.info.run_id, "figures")}
+    assert artifacts == {"figures/confusion_matrix.png", "figures/learning_curves.png"}
+
+
+def test_half_logged_run_is_replaced_not_duplicated(tmp_path, store):
+    fake_record(tmp_path / "runs", 0)
+    tracker = Tracker(store, "test")
+    broken = tracker.client.create_run(
+        tracker.experiment_id, run_name="teacher/seed=0", tags={"finch.stage": "teacher"}
+    )
+    tracker.client.set_terminated(broken.info.run_id, "FAILED")
+    assert sync(find_records(tmp_path / "runs"), store, "test")["logged"] == 1
+    alive = Tracker(store, "test").search()
+    assert len(alive) == 1 and alive[0].info.status == "FINISHED"
+
+
+def test_unreachable_store_only_warns_and_sync_catches_up_later(tmp_path, store, monkeypatch, caplog):
+    folder = fake_record(tmp_path / "runs", 0)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    log_runs_safely([folder], store, "test")
+    assert "MLflow logging failed" in caplog.text
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert sync(find_records(tmp_path / "runs"), store, "test")["logged"] == 1
