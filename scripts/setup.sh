@@ -13,9 +13,11 @@ fi
 stamp=".venv/.finch-deps-$(cat requirements.lock pyproject.toml | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   echo "setup: installing pinned dependencies (requirements.lock)"
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -r requirements.lock
-  .venv/bin/python -m pip install -q --no-deps -e .
+  # (this machine's pip config lists local indexes that warn for every package; keep the log readable)
+  quiet() { "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
+  quiet .venv/bin/python -m pip install -q --upgrade pip
+  quiet .venv/bin/python -m pip install -q -r requirements.lock
+  quiet .venv/bin/python -m pip install -q --no-deps -e .
   rm -f .venv/.finch-deps-*
   touch "$stamp"
 fi

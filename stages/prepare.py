@@ -3,4 +3,4 @@
 from finch.pipeline import prepare, run_stage
 
 if __name__ == "__main__":
-    run_stage("prepare", prepare, imports=("torch",))
+    run_stage("prepare", prepare)

@@ -4,7 +4,8 @@ import pytest
 import yaml
 
 from finch.cli import render_profile, write_profile
-from finch.config import ConfigError, load_params, parse_params
+from finch.config import load_params, parse_params
+from finch.errors import ConfigError
 
 from .conftest import REPO
 

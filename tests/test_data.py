@@ -7,8 +7,9 @@ import torch
 
 from finch.config import DataConfig
 from finch.data.prepare import prepare
-from finch.data.sources import DataError, read_source
+from finch.data.sources import read_source
 from finch.data.splits import load_task
+from finch.errors import DataError
 
 from .conftest import write_idx, write_png
 

@@ -3,9 +3,10 @@ import math
 import pytest
 import torch
 
+from finch.errors import NonFiniteLossError
 from finch.evaluate import classification_metrics, predict_proba
 from finch.models import build_model
-from finch.train.engine import NonFiniteLossError, fit
+from finch.train.engine import fit
 from finch.train.losses import Objective
 
 from .conftest import TINY_MODEL, tiny_recipe

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import yaml
 
-from finch.config import ConfigError, load_params, parse_params
+from finch.config import load_params, parse_params
+from finch.errors import ConfigError
 
 PROFILES = Path("profiles")
 

@@ -14,6 +14,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from finch.errors import ConfigError
+
 FASHION_MNIST_CLASSES = (
     "T-shirt/top",
     "Trouser",
@@ -26,10 +28,6 @@ FASHION_MNIST_CLASSES = (
     "Bag",
     "Ankle boot",
 )
-
-
-class ConfigError(ValueError):
-    """A params file that cannot be used; the message names the file and key."""
 
 
 class Strict(BaseModel):

@@ -15,8 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import torch
-from safetensors.torch import load_file, save_file
+import numpy as np
 
 
 def repo_root() -> Path:
@@ -98,15 +97,28 @@ def write_with(dest: Path | str, writer: Callable[[Path], None]) -> None:
         writer(tmp)
 
 
-def save_tensors(dest: Path | str, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
-    """Save tensors as safetensors, atomically."""
+def save_tensors(dest: Path | str, tensors: dict, metadata: dict | None = None) -> None:
+    """Save torch tensors or NumPy arrays as safetensors, atomically.
+
+    NumPy input goes through ``safetensors.numpy`` so the prepare stage never imports torch.
+    """
     meta = {k: str(v) for k, v in (metadata or {}).items()}
+    if all(isinstance(v, np.ndarray) for v in tensors.values()):
+        from safetensors.numpy import save_file
+
+        arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+        write_with(dest, lambda tmp: save_file(arrays, str(tmp), metadata=meta))
+        return
+    from safetensors.torch import save_file
+
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     write_with(dest, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
-def load_tensors(path: Path | str) -> dict[str, torch.Tensor]:
-    """Load a safetensors file, with a clear error when it is not one."""
+def load_tensors(path: Path | str) -> dict:
+    """Load a safetensors file as torch tensors, with a clear error when it is not one."""
+    from safetensors.torch import load_file
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: weights file not found; run the stage that writes it")

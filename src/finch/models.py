@@ -9,11 +9,8 @@ import torch
 from torch import nn
 
 from finch.config import ModelConfig
+from finch.errors import ModelError
 from finch.io import load_tensors, save_tensors
-
-
-class ModelError(ValueError):
-    """A model or weights file that does not fit; the message says which and why."""
 
 
 def build_model(cfg: ModelConfig, num_classes: int, in_chans: int, pretrained: bool = False) -> nn.Module:

@@ -12,7 +12,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from finch.config import ConfigError, FinchConfig, load_params
+from finch.config import FinchConfig, load_params
+from finch.errors import USER_ERRORS, ConfigError
 
 log = logging.getLogger("finch")
 
@@ -44,7 +45,7 @@ def prepare(cfg: FinchConfig) -> None:
 def pretrain(cfg: FinchConfig) -> None:
     """Train the backbone on the source classes, or take timm's ImageNet weights."""
     from finch.data.splits import load_task
-    from finch.io import load_tensors
+    from finch.io import load_tensors, write_json
     from finch.models import build_model, save_backbone
     from finch.study import Variant, train_variant
     from finch.tracking import log_runs_safely
@@ -62,6 +63,8 @@ def pretrain(cfg: FinchConfig) -> None:
                 f"loaded ({err}); they need network access or a filled Hugging Face cache"
             ) from None
         save_backbone(model, BACKBONE, {"origin": f"timm:{pc.model.name}"})
+        # no training run to record; the declared output folder says where the weights came from
+        write_json(RUNS / "pretrain" / "origin.json", {"weights": f"timm:{pc.model.name}"})
         return
     source = load_task(PREPARED, "source")
     variant = Variant(
@@ -148,9 +151,6 @@ def sync_mlflow(cfg: FinchConfig, records=None, summary=None) -> None:
     log.info("MLflow %s: %s", tracking_uri(cfg.tracking), counts)
 
 
-EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError)
-
-
 def run_stage(
     name: str, fn: Callable[[FinchConfig], None], imports: tuple[str, ...] = (), params: str = "params.yaml"
 ) -> None:
@@ -161,12 +161,10 @@ def run_stage(
     """
     import importlib
 
+    from finch.io import write_json
+
     for module in imports:
         importlib.import_module(module)
-    from finch.data.sources import DataError
-    from finch.io import write_json
-    from finch.models import ModelError
-    from finch.train.engine import NonFiniteLossError
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     started = time.time()
@@ -174,7 +172,7 @@ def run_stage(
     try:
         cfg = load_params(params)
         fn(cfg)
-    except (*EXPECTED_ERRORS, DataError, ModelError, NonFiniteLossError) as err:
+    except USER_ERRORS as err:
         print(f"\nfinch {name}: error: {err}", file=sys.stderr)
         sys.exit(2)
     write_json(

@@ -142,8 +142,9 @@ def train_variant(
             "weights": str(weights),
         }
         write_record(folder, record, result.history)
-        checkpoint.unlink(missing_ok=True)
         log.info("%s: test accuracy %.4f (best epoch %d)", name, metrics["accuracy"], result.best_epoch)
         written.append(folder)
+    # checkpoints of finished seeds are kept until the whole variant is done: DVC deletes a
+    # stage's outputs before re-running it, so an interrupted stage resumes from these
     shutil.rmtree(CHECKPOINT_ROOT / variant.stage / variant.name, ignore_errors=True)
     return written

@@ -12,10 +12,10 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from finch.config import DataConfig
-from finch.data.sources import DataError, RawData, read_source
+from finch.data.sources import RawData, read_source
+from finch.errors import DataError
 from finch.io import atomic_dir, save_tensors, write_json
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ def build_task(
     rng: np.random.Generator,
     task: str,
     key: str,
-) -> tuple[dict[str, torch.Tensor], dict]:
+) -> tuple[dict[str, np.ndarray], dict]:
     """Select one task's splits; labels are remapped to 0..len(classes)-1."""
     train_idx, val_idx = stratified_sample(raw.train_y, classes, per_class, cfg.val_fraction, rng, raw.class_names, key)
     test_idx = np.flatnonzero(np.isin(raw.test_y, classes))
@@ -119,10 +119,10 @@ def build_task(
     for split, (x, y, _) in chosen.items():
         if len(y) == 0:
             raise DataError(f"{task} task: the {split} split is empty; check data.{key} and the test folder")
-        tensors[f"{split}_x"] = torch.from_numpy(np.ascontiguousarray(x))
-        tensors[f"{split}_y"] = torch.from_numpy(y)
+        tensors[f"{split}_x"] = np.ascontiguousarray(x)
+        tensors[f"{split}_y"] = y
         counts[split] = {names[i]: int((y == i).sum()) for i in range(len(names))}
-    blob = b"".join(tensors[k].numpy().tobytes() for k in sorted(tensors))
+    blob = b"".join(tensors[k].tobytes() for k in sorted(tensors))
     card = {"classes": names, "counts": counts, "content_hash": hashlib.sha256(blob).hexdigest()}
     return tensors, card
 

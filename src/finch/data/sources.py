@@ -19,15 +19,12 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from finch.config import FASHION_MNIST_CLASSES, DataConfig
+from finch.errors import DataError
 
 log = logging.getLogger(__name__)
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-
-
-class DataError(ValueError):
-    """Input data that cannot be used; the message names the file and the fix."""
 
 
 @dataclass

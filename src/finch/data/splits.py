@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from finch.data.sources import DataError
+from finch.errors import DataError
 from finch.io import load_tensors, read_json
 
 

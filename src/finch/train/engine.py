@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from finch.config import RecipeConfig
 from finch.data.splits import Split, TaskData
+from finch.errors import NonFiniteLossError
 from finch.evaluate import autocast_for, predict_proba
 from finch.train.augment import BatchAugment, normalise
 from finch.train.checkpoint import load_resume_state, save_resume_state
@@ -38,10 +39,6 @@ from finch.train.optim import (
 from finch.train.runtime import restore_rng_state, rng_state, seed_everything
 
 log = logging.getLogger(__name__)
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or infinite; training stops rather than write garbage."""
 
 
 @dataclass
@@ -104,6 +101,7 @@ def fit(
 
     result = FitResult(model=model)
     start_epoch, global_step = 0, 0
+    train_images, train_seconds = 0, 0.0
     best_score, best_state, stale = -math.inf, None, 0
     resume = load_resume_state(checkpoint_path, fingerprint) if checkpoint_path else None
     if resume is not None:
@@ -119,6 +117,7 @@ def fit(
         best_score, best_state, stale = resume["best_score"], resume["best_state"], resume["stale"]
         result.history, result.best_epoch = list(resume["history"]), resume["best_epoch"]
         result.train_time_s = resume["train_time_s"]
+        train_images, train_seconds = resume["train_images"], resume["train_seconds"]
         result.resumed_from_epoch = start_epoch
         log.info("%s: resumed from the checkpoint after epoch %d", desc, start_epoch)
 
@@ -134,8 +133,6 @@ def fit(
         leave=False,
         dynamic_ncols=True,
     )
-    train_images = 0
-    train_seconds = 0.0
     for epoch in bar:
         epoch_start = time.perf_counter()
         model.train()
@@ -229,6 +226,8 @@ def fit(
                     "stale": stale,
                     "history": result.history,
                     "train_time_s": result.train_time_s,
+                    "train_images": train_images,
+                    "train_seconds": train_seconds,
                 },
             )
         if stop:

@@ -1,0 +1,91 @@
+"""A variant over seeds: records, weights, and resume of an interrupted stage."""
+
+import pytest
+import torch
+
+from finch.config import FinchConfig
+from finch.io import load_tensors
+from finch.models import build_model
+from finch.runs import find_records
+from finch.study import CHECKPOINT_ROOT, Variant, train_variant
+from finch.train.losses import Objective
+
+from .conftest import TINY_MODEL, tiny_recipe
+
+CPU = torch.device("cpu")
+
+
+class CrashOnSeed:
+    """Objective factory whose objective dies mid-run on the n-th build (the n-th seed)."""
+
+    def __init__(self, recipe, crash_build: int):
+        self.recipe, self.crash_build, self.builds = recipe, crash_build, 0
+
+    def __call__(self, data):
+        self.builds += 1
+        obj = Objective(self.recipe.loss, data.num_classes, mixing=False)
+        if self.builds == self.crash_build:
+            calls = {"n": 0}
+            inner = obj.loss
+
+            def loss(outputs, targets, inputs):
+                calls["n"] += 1
+                if calls["n"] == 6:
+                    raise KeyboardInterrupt("killed")
+                return inner(outputs, targets, inputs)
+
+            obj.loss = loss
+        return obj
+
+
+def variant(task, recipe, objective=None):
+    return Variant(
+        stage="toy",
+        name="default",
+        recipe=recipe,
+        settings={"recipe": recipe.model_dump()},
+        build_model=lambda: build_model(TINY_MODEL, task.num_classes, task.in_chans),
+        objective=objective,
+    )
+
+
+def test_records_and_weights_per_seed(toy_task, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = FinchConfig(runtime={"progress": False})
+    folders = train_variant(
+        variant(toy_task, tiny_recipe(epochs=2)), toy_task, [0, 1], cfg, CPU, tmp_path / "runs", tmp_path / "models"
+    )
+    records = find_records(tmp_path / "runs")
+    assert [r.data["seed"] for r in records] == [0, 1] and len(folders) == 2
+    rec = records[0].data
+    assert rec["tags"]["finch.run_key"] == rec["run_key"] and rec["run_name"] == "toy/seed=0"
+    assert {"accuracy", "f1_macro", "auroc_macro", "ece", "params_total", "class_acc.dark"} <= set(rec["metrics"])
+    assert {"train_time_s", "train_images_per_s", "eval_images_per_s", "peak_memory_mb"} <= set(rec["cost"])
+    assert len(records[0].history) == 2
+    weights = load_tensors(tmp_path / "models" / "default" / "seed=0.safetensors")
+    model = build_model(TINY_MODEL, 2, 1)
+    model.load_state_dict(weights)
+    assert records[0].key != records[1].key
+    assert not (tmp_path / CHECKPOINT_ROOT / "toy" / "default").exists()  # cleaned once the variant is done
+
+
+def test_interrupted_stage_resumes_and_matches(toy_task, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = FinchConfig(runtime={"progress": False})
+    recipe = tiny_recipe(epochs=3)
+    train_variant(variant(toy_task, recipe), toy_task, [0, 1], cfg, CPU, tmp_path / "a", tmp_path / "ma")
+    with pytest.raises(KeyboardInterrupt):
+        train_variant(
+            variant(toy_task, recipe, CrashOnSeed(recipe, 2)),
+            toy_task,
+            [0, 1],
+            cfg,
+            CPU,
+            tmp_path / "b",
+            tmp_path / "mb",
+        )
+    assert (tmp_path / CHECKPOINT_ROOT / "toy" / "default" / "seed=0.pt").is_file()
+    train_variant(variant(toy_task, recipe), toy_task, [0, 1], cfg, CPU, tmp_path / "b", tmp_path / "mb")
+    for a, b in zip(find_records(tmp_path / "a"), find_records(tmp_path / "b"), strict=True):
+        assert a.data["metrics"] == b.data["metrics"]
+        assert [r["val_loss"] for r in a.history] == [r["val_loss"] for r in b.history]
