@@ -56,13 +56,19 @@ def test_smoke_outputs_and_records(smoke_repo):
     ]:
         assert (repo / path).is_file(), path
     records = find_records(repo / "reports/runs")
-    assert sorted((r.data["stage"], r.data["seed"]) for r in records) == [
-        ("pretrain", 0),
-        ("teacher", 0),
-        ("teacher", 1),
+    runs = sorted((r.data["stage"], r.data["variant"], r.data["seed"]) for r in records)
+    students = [(s, v, seed) for s, v, seed in runs if s == "student"]
+    assert [r for r in runs if r[0] != "student"] == [
+        ("pretrain", "source", 0),
+        ("teacher", "default", 0),
+        ("teacher", "default", 1),
     ]
+    assert students == sorted(("student", v, s) for v in ("none", "soft", "hard", "class_token") for s in (0, 1))
+    hard = next(r for r in records if r.data["variant"] == "hard")
+    assert {"accuracy.head_cls", "accuracy.head_dist", "teacher_agreement"} <= set(hard.data["metrics"])
     results = (repo / "reports/results.md").read_text()
     assert "CNN teacher" in results and "95% t interval" in results
+    assert "Paired differences against `none`" in results
 
 
 def test_mlflow_has_every_run(smoke_repo):
@@ -72,25 +78,40 @@ def test_mlflow_has_every_run(smoke_repo):
     mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["finch-smoke"])
     seeds = runs[runs["tags.finch.kind"].isna()] if "tags.finch.kind" in runs else runs
-    assert sorted(seeds["tags.mlflow.runName"]) == ["pretrain/source/seed=0", "teacher/seed=0", "teacher/seed=1"]
+    variants = ("none", "soft", "hard", "class_token")
+    expected = ["pretrain/source/seed=0", "teacher/seed=0", "teacher/seed=1"]
+    expected += [f"student/{v}/seed={s}" for v in variants for s in (0, 1)]
+    assert sorted(seeds["tags.mlflow.runName"]) == sorted(expected)
     assert set(runs["status"]) == {"FINISHED"}
     assert seeds["metrics.accuracy"].between(0, 1).all()
     summaries = runs[runs["tags.finch.kind"] == "summary"]
-    assert sorted(summaries["tags.mlflow.runName"]) == ["pretrain/source/summary", "teacher/summary"]
+    assert sorted(summaries["tags.mlflow.runName"]) == sorted(
+        ["pretrain/source/summary", "teacher/summary", *[f"student/{v}/summary" for v in variants]]
+    )
+    # side-by-side comparison in the UI: the variants are filterable by tag
+    hard = seeds[seeds["tags.finch.variant"] == "hard"]
+    assert len(hard) == 2 and hard["metrics.teacher_agreement"].between(0, 1).all()
 
 
-def test_second_repro_does_nothing_and_param_change_reruns_only_teacher(smoke_repo):
-    repo, env = smoke_repo
-    out = run(["dvc", "repro"], repo, env)
-    assert "Running stage" not in out.stdout
-    status = run(["dvc", "status"], repo, env).stdout
-    assert "up to date" in status
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["teacher"]["recipe"]["epochs"] = 1
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+def repro_stages(repo, env) -> set[str]:
     out = run(["dvc", "repro"], repo, env).stdout
-    ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
-    assert ran == {"train_teacher", "aggregate"}
+    return {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
+
+
+def set_param(repo, section: str, key: str, value) -> None:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params[section]["recipe"][key] = value
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def test_second_repro_does_nothing_and_param_changes_rerun_only_what_depends(smoke_repo):
+    repo, env = smoke_repo
+    assert repro_stages(repo, env) == set()
+    assert "up to date" in run(["dvc", "status"], repo, env).stdout
+    set_param(repo, "student", "batch_size", 16)
+    assert repro_stages(repo, env) == {"train_student", "aggregate"}
+    set_param(repo, "teacher", "epochs", 1)  # the students learn from the teachers
+    assert repro_stages(repo, env) == {"train_teacher", "train_student", "aggregate"}
 
 
 def test_bad_params_fail_before_work(smoke_repo):

@@ -21,7 +21,7 @@ class CrashOnSeed:
     def __init__(self, recipe, crash_build: int):
         self.recipe, self.crash_build, self.builds = recipe, crash_build, 0
 
-    def __call__(self, data):
+    def __call__(self, data, seed):
         self.builds += 1
         obj = Objective(self.recipe.loss, data.num_classes, mixing=False)
         if self.builds == self.crash_build:

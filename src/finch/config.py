@@ -152,6 +152,37 @@ class TeacherConfig(Strict):
     recipe: RecipeConfig = RecipeConfig()
 
 
+class SoftDistillConfig(Strict):
+    alpha: float = Field(0.1, ge=0.0, le=1.0, description="weight of the teacher term (DeiT: 0.1)")
+    tau: float = Field(3.0, gt=0.0, description="temperature (DeiT: 3)")
+
+
+class HardDistillConfig(Strict):
+    alpha: float = Field(0.5, ge=0.0, le=1.0, description="weight of the teacher term (DeiT: 0.5)")
+
+
+STUDENT_VARIANTS = ("none", "soft", "hard", "class_token")
+
+
+class StudentConfig(Strict):
+    model: ModelConfig = ModelConfig(
+        name="deit_tiny_distilled_patch16_224",
+        kwargs={"img_size": 28, "patch_size": 4, "embed_dim": 96, "depth": 4, "num_heads": 3},
+    )
+    class_token_model: str = Field(
+        "vit_tiny_patch16_224", description="timm ViT without a distillation token (class_token variant)"
+    )
+    pretrained: bool = Field(False, description="start from timm's weights (GPU profile)")
+    variants: list[Literal["none", "soft", "hard", "class_token"]] = Field(
+        default_factory=lambda: list(STUDENT_VARIANTS), min_length=1
+    )
+    soft: SoftDistillConfig = SoftDistillConfig()
+    hard: HardDistillConfig = HardDistillConfig()
+    class_token_signal: Literal["hard", "soft"] = "hard"
+    kl_normalisation: Literal["batchmean", "per_logit"] = "batchmean"
+    recipe: RecipeConfig = RecipeConfig()
+
+
 class RuntimeConfig(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = Field(2, ge=1, description="torch CPU threads (fixed for determinism)")
@@ -175,6 +206,10 @@ class AggregateConfig(Strict):
     bootstrap_resamples: int = Field(9999, ge=100)
     bootstrap_seed: int = 0
     headline_metrics: list[str] = Field(default_factory=lambda: ["accuracy", "f1_macro", "auroc_macro", "ece"])
+    baselines: dict[str, str] = Field(
+        default_factory=lambda: {"student": "none"},
+        description="stage → variant every other variant of the stage is compared with (paired by seed)",
+    )
 
 
 class VerifyConfig(Strict):
@@ -188,6 +223,7 @@ class FinchConfig(Strict):
     data: DataConfig = DataConfig()
     pretrain: PretrainConfig = PretrainConfig()
     teacher: TeacherConfig = TeacherConfig()
+    student: StudentConfig = StudentConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     tracking: TrackingConfig = TrackingConfig()
     aggregate: AggregateConfig = AggregateConfig()

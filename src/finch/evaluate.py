@@ -23,13 +23,14 @@ from torchmetrics.functional.classification import multiclass_calibration_error
 from finch.data.splits import Split
 from finch.train.augment import normalise
 
+HEAD_METRICS = ("accuracy", "f1_macro", "auroc_macro", "ece")  # reported per extra head
+
 
 def class_key(name: str) -> str:
     """A metric-key-safe form of a class name (``T-shirt/top`` → ``t_shirt_top``)."""
     return re.sub(r"[^0-9a-z]+", "_", name.lower()).strip("_")
 
 
-@torch.no_grad()
 def predict_proba(
     model: torch.nn.Module,
     split: Split,
@@ -41,20 +42,56 @@ def predict_proba(
     channels_last: bool = False,
 ) -> tuple[np.ndarray, float]:
     """Class probabilities for every image of ``split`` and the throughput in img/s."""
+    probs, speed = predict_heads(model, split, mean, std, batch_size, device, {"main": logits_of}, channels_last)
+    return probs["main"], speed
+
+
+@torch.no_grad()
+def predict_heads(
+    model: torch.nn.Module,
+    split: Split,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    batch_size: int,
+    device: torch.device,
+    heads: dict[str, Callable],
+    channels_last: bool = False,
+) -> tuple[dict[str, np.ndarray], float]:
+    """Probabilities of several heads (name → outputs-to-logits) from one pass over ``split``."""
     was_training = model.training
     model.eval()
-    probs = []
+    probs: dict[str, list] = {name: [] for name in heads}
     start = time.perf_counter()
     for i in range(0, len(split), batch_size):
         x = normalise(split.x[i : i + batch_size].to(device), mean, std)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast_for(device):
-            logits = logits_of(model(x))
-        probs.append(torch.softmax(logits.float(), dim=-1).cpu())
+            outputs = model(x)
+        for name, logits_of in heads.items():
+            probs[name].append(torch.softmax(logits_of(outputs).float(), dim=-1).cpu())
     elapsed = time.perf_counter() - start
     model.train(was_training)
-    return torch.cat(probs).numpy().astype(np.float64), len(split) / max(elapsed, 1e-9)
+    out = {name: torch.cat(p).numpy().astype(np.float64) for name, p in probs.items()}
+    return out, len(split) / max(elapsed, 1e-9)
+
+
+def agreement_with(
+    reference: torch.nn.Module, probs: np.ndarray, split: Split, mean, std, batch_size: int, device
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Share of ``split`` where ``reference`` (a teacher) and ``probs`` agree on the class,
+    plus the reference's parameter count (metrics) and throughput (cost)."""
+    ref_probs, speed = predict_proba(reference, split, mean, std, batch_size, device)
+    total = sum(p.numel() for p in reference.parameters())
+    agree = float((ref_probs.argmax(1) == probs.argmax(1)).mean())
+    return (
+        {
+            "teacher_agreement": agree,
+            "teacher_accuracy": float((ref_probs.argmax(1) == split.y.numpy()).mean()),
+            "teacher_params_total": total,
+        },
+        {"teacher_eval_images_per_s": speed},
+    )
 
 
 def autocast_for(device: torch.device, dtype: torch.dtype | None = None):

@@ -19,7 +19,7 @@ import torch
 
 from finch.config import FinchConfig, RecipeConfig, config_hash, flatten
 from finch.data.splits import TaskData
-from finch.evaluate import classification_metrics, predict_proba
+from finch.evaluate import HEAD_METRICS, agreement_with, classification_metrics, predict_heads
 from finch.io import repo_root, save_tensors
 from finch.models import parameter_counts
 from finch.runs import run_dir, run_key, run_name, write_record
@@ -40,7 +40,7 @@ class Variant:
     build_model: Callable[[], torch.nn.Module]
     recipe: RecipeConfig
     settings: dict  # everything that defines the run (hashed into the run key)
-    objective: Callable[[TaskData], Objective] | None = None
+    objective: Callable[[TaskData, int], Objective] | None = None  # (data, seed) → objective
 
 
 def git_commit() -> str:
@@ -80,7 +80,7 @@ def train_variant(
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         checkpoint = CHECKPOINT_ROOT / variant.stage / variant.name / f"seed={seed}.pt"
-        objective = variant.objective(data) if variant.objective else None
+        objective = variant.objective(data, seed) if variant.objective else None
         result = fit(
             model,
             data,
@@ -93,18 +93,7 @@ def train_variant(
             progress=cfg.runtime.progress,
             desc=name,
         )
-        logits_of = objective.logits if objective else Objective.logits
-        probs, eval_speed = predict_proba(
-            result.model,
-            data.test,
-            *data.normalisation(device),
-            variant.recipe.eval_batch_size,
-            device,
-            logits_of,
-            variant.recipe.channels_last,
-        )
-        metrics, confusion = classification_metrics(data.test.y.numpy(), probs, data.class_names, cfg.evaluate.ece_bins)
-        metrics.update(parameter_counts(result.model))
+        metrics, cost, confusion = test_once(result.model, objective, data, variant.recipe, cfg, device)
         folder = run_dir(runs_root, variant.stage, variant.name, seed)
         weights = Path(models_root) / variant.name / f"seed={seed}.safetensors"
         save_tensors(weights, result.model.state_dict(), {"run_key": key, "stage": variant.stage})
@@ -131,7 +120,7 @@ def train_variant(
             "cost": {
                 "train_time_s": result.train_time_s,
                 "train_images_per_s": result.train_images_per_s,
-                "eval_images_per_s": eval_speed,
+                **cost,
                 "peak_memory_mb": peak_memory_mb(device),
             },
             "best_epoch": result.best_epoch,
@@ -148,3 +137,34 @@ def train_variant(
     # stage's outputs before re-running it, so an interrupted stage resumes from these
     shutil.rmtree(CHECKPOINT_ROOT / variant.stage / variant.name, ignore_errors=True)
     return written
+
+
+def test_once(model, objective: Objective | None, data: TaskData, recipe: RecipeConfig, cfg: FinchConfig, device):
+    """Evaluate the selected model on the test split, once: metrics, cost and confusion matrix.
+
+    The reported prediction is ``objective.logits``; extra heads (a distilled student's class
+    and distillation heads) add their headline metrics with the head as suffix; a teacher
+    adds the agreement between teacher and model.
+    """
+    objective = objective or Objective(recipe.loss, data.num_classes, mixing=False)
+    heads = {"main": objective.logits, **objective.heads()}
+    mean, std = data.normalisation(device)
+    probs, speed = predict_heads(
+        model, data.test, mean, std, recipe.eval_batch_size, device, heads, recipe.channels_last
+    )
+    y = data.test.y.numpy()
+    metrics, confusion = classification_metrics(y, probs["main"], data.class_names, cfg.evaluate.ece_bins)
+    for head in heads:
+        if head != "main":
+            head_metrics, _ = classification_metrics(y, probs[head], data.class_names, cfg.evaluate.ece_bins)
+            metrics.update({f"{k}.{head}": head_metrics[k] for k in HEAD_METRICS if k in head_metrics})
+    metrics.update(parameter_counts(model))
+    cost = {"eval_images_per_s": speed}
+    teacher = getattr(objective, "teacher", None)
+    if teacher is not None:
+        extra_metrics, extra_cost = agreement_with(
+            teacher, probs["main"], data.test, mean, std, recipe.eval_batch_size, device
+        )
+        metrics.update(extra_metrics)
+        cost.update(extra_cost)
+    return metrics, cost, confusion

@@ -68,6 +68,21 @@ def curves_figure(histories: dict[str, list[dict]], path: Path | str, title: str
     _save(fig, path)
 
 
+def variant_curves_figure(curves: dict[str, list[dict]], path: Path | str, title: str = "") -> None:
+    """Mean validation accuracy per epoch per variant, shaded between the seeds' min and max."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, rows in curves.items():
+        epochs = [r["epoch"] for r in rows]
+        line = ax.plot(epochs, [r["val_accuracy"] for r in rows], label=label)[0]
+        ax.fill_between(epochs, [r["low"] for r in rows], [r["high"] for r in rows], color=line.get_color(), alpha=0.15)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation accuracy (mean; band: min–max over seeds)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.set_title(title or "learning curves by variant")
+    _save(fig, path)
+
+
 def forest_figure(rows: list[dict], metric: str, path: Path | str) -> None:
     """Mean with the t interval (thick) and bootstrap interval (thin) per group.
 

@@ -14,12 +14,22 @@ import pandas as pd
 from finch.config import AggregateConfig
 from finch.io import read_json, write_json, write_text, write_with
 from finch.report import figures
-from finch.report.stats import summarize
+from finch.report.stats import paired_differences, summarize
 from finch.runs import RunRecord
 
 STAGE_TITLES = {
     "pretrain": "Pretraining on the source classes",
     "teacher": "CNN teacher (fine-tuned from the pretrained backbone)",
+    "student": "Distilled ViT student (DeiT-style)",
+}
+STAGE_NOTES = {
+    "student": (
+        "Variants: `none` (no teacher; both heads trained on the labels, prediction = their average), "
+        "`soft` and `hard` (DeiT's distillation token with the soft KL or hard-label teacher term), "
+        "`class_token` (a ViT without the distillation token, the teacher term on its only head). "
+        "The teacher of each seed is that seed's CNN teacher. Reported prediction: the average of the "
+        "class and distillation heads; the heads alone are listed too."
+    ),
 }
 
 
@@ -141,13 +151,21 @@ def write_reports(records: list[RunRecord], card_path: Path, out: Path, cfg: Agg
         by_group.setdefault((rec.data["stage"], rec.data["variant"]), []).append(rec)
 
     forest_rows = {m: [] for m in cfg.headline_metrics}
+    current_stage = None
     for (stage, variant), recs in sorted(by_group.items(), key=lambda kv: _stage_order(kv[0])):
+        if stage != current_stage:
+            current_stage = stage
+            variants = {v: rs for (s, v), rs in by_group.items() if s == stage}
+            lines += [f"## {STAGE_TITLES.get(stage, stage)}", ""]
+            if stage in STAGE_NOTES:
+                lines += [STAGE_NOTES[stage], ""]
+            if len(variants) > 1:
+                lines += _comparison_section(stage, variants, table, summary, cfg, fig_dir)
         group = summary[(summary.stage == stage) & (summary.variant == variant)]
         label = stage if variant == "default" else f"{stage}/{variant}"
         slug = label.replace("/", "_")
-        title = STAGE_TITLES.get(stage, stage) + ("" if variant == "default" else f" — {variant}")
         class_metrics = sorted(m for m in group.metric if m.startswith("class_acc."))
-        lines += [f"## {title}", ""]
+        lines += [f"### {label}", ""]
         lines += _metric_table(
             group, [*cfg.headline_metrics, "precision_macro", "recall_macro", "top5_accuracy"], cfg.confidence
         )
@@ -187,6 +205,111 @@ def write_reports(records: list[RunRecord], card_path: Path, out: Path, cfg: Agg
     lines.append("")
     write_text(out / "results.md", "\n".join(lines))
     return summary
+
+
+def _comparison_section(
+    stage: str,
+    variants: dict[str, list[RunRecord]],
+    table: pd.DataFrame,
+    summary: pd.DataFrame,
+    cfg: AggregateConfig,
+    fig_dir: Path,
+) -> list[str]:
+    """Variants side by side, paired differences against the stage's baseline, curves."""
+    pct = f"{cfg.confidence:.0%}"
+    order = sorted(variants, key=lambda v: (v != cfg.baselines.get(stage), v))
+    lines = [
+        f"| variant | n | accuracy | {pct} t interval | {pct} bootstrap | class head | distillation head | "
+        "agreement with teacher |",
+        "|---|---:|---:|---|---|---:|---:|---:|",
+    ]
+
+    def mean_of(variant: str, metric: str) -> str:
+        row = summary[(summary.stage == stage) & (summary.variant == variant) & (summary.metric == metric)]
+        return _fmt(row.iloc[0]["mean"]) if not row.empty else "—"
+
+    for v in order:
+        r = summary[(summary.stage == stage) & (summary.variant == v) & (summary.metric == "accuracy")].iloc[0]
+        lines.append(
+            f"| {v} | {int(r.n)} | {_fmt(r['mean'])} | {_interval(r.t_low, r.t_high)} | "
+            f"{_interval(r.boot_low, r.boot_high)} | {mean_of(v, 'accuracy.head_cls')} | "
+            f"{mean_of(v, 'accuracy.head_dist')} | {mean_of(v, 'teacher_agreement')} |"
+        )
+    teacher_acc = summary[(summary.stage == "teacher") & (summary.metric == "accuracy")]
+    if stage == "student" and not teacher_acc.empty:
+        t = teacher_acc.iloc[0]
+        lines += [
+            "",
+            f"For reference, the CNN teacher: accuracy {_fmt(t['mean'])} "
+            f"({pct} t interval {_interval(t.t_low, t.t_high)}, n={int(t.n)}).",
+        ]
+    baseline = cfg.baselines.get(stage)
+    if baseline in variants:
+        diffs = paired_differences(
+            table[table.kind == "metrics"],
+            stage,
+            baseline,
+            cfg.headline_metrics,
+            cfg.confidence,
+            cfg.bootstrap_resamples,
+            cfg.bootstrap_seed,
+        )
+        lines += [
+            "",
+            f"Paired differences against `{baseline}` (same seeds; variant minus {baseline}):",
+            "",
+            f"| variant | metric | n | mean difference | {pct} paired t interval | {pct} bootstrap | "
+            "seeds where variant is higher |",
+            "|---|---|---:|---:|---|---|---:|",
+        ]
+        for r in diffs.itertuples(index=False):
+            lines.append(
+                f"| {r.variant} | {r.metric} | {r.n} | {r.mean_diff:+.4f} | {_interval(r.t_low, r.t_high)} | "
+                f"{_interval(r.boot_low, r.boot_high)} | {r.p_improvement:.0%} |"
+            )
+        lines += ["", *_verdicts(diffs[diffs.metric == "accuracy"], baseline, pct), ""]
+    curves = {v: _mean_curve(variants[v]) for v in order}
+    figures.variant_curves_figure(curves, fig_dir / f"{stage}_variants_curves.png", title=f"{stage}: mean over seeds")
+    lines += [f"![{stage} variants: validation accuracy per epoch](figures/{stage}_variants_curves.png)", ""]
+    return lines
+
+
+def _verdicts(diffs: pd.DataFrame, baseline: str, pct: str) -> list[str]:
+    """One plain sentence per variant, read off its paired t interval on accuracy."""
+    out = []
+    for r in diffs.itertuples(index=False):
+        if math.isnan(r.t_low):
+            out.append(f"- `{r.variant}` vs `{baseline}`: too few paired seeds (n={r.n}) for an interval.")
+        elif r.t_low > 0:
+            out.append(
+                f"- `{r.variant}` beats `{baseline}` on accuracy by {r.mean_diff:+.4f} "
+                f"(the {pct} paired interval excludes 0, n={r.n})."
+            )
+        elif r.t_high < 0:
+            out.append(
+                f"- `{r.variant}` is worse than `{baseline}` on accuracy by {r.mean_diff:+.4f} "
+                f"(the {pct} paired interval excludes 0, n={r.n})."
+            )
+        else:
+            out.append(
+                f"- `{r.variant}` vs `{baseline}`: {r.mean_diff:+.4f} accuracy, but the {pct} paired interval "
+                f"contains 0 (n={r.n}): no difference resolved at this number of seeds."
+            )
+    return out
+
+
+def _mean_curve(recs: list[RunRecord]) -> list[dict]:
+    """Per-epoch mean of validation accuracy over seeds (epochs all seeds reached)."""
+    n = min(len(r.history) for r in recs)
+    return [
+        {
+            "epoch": i + 1,
+            "val_accuracy": float(np.mean([r.history[i]["val_accuracy"] for r in recs])),
+            "low": float(np.min([r.history[i]["val_accuracy"] for r in recs])),
+            "high": float(np.max([r.history[i]["val_accuracy"] for r in recs])),
+        }
+        for i in range(n)
+    ]
 
 
 def _stage_order(group: tuple[str, str]) -> tuple[int, str, str]:

@@ -71,3 +71,40 @@ def summarize(runs: pd.DataFrame, confidence: float, n_resamples: int, seed: int
             }
         )
     return pd.DataFrame(rows)
+
+
+def paired_differences(
+    runs: pd.DataFrame, stage: str, baseline: str, metrics: list[str], confidence: float, n_resamples: int, seed: int
+) -> pd.DataFrame:
+    """Each variant of ``stage`` minus ``baseline``, paired by seed, per metric.
+
+    Columns: variant, metric, n (shared seeds), mean_diff, t_low/t_high (paired t interval,
+    i.e. the t interval of the per-seed differences), boot_low/boot_high, p_improvement
+    (share of seeds where the variant is higher).
+    """
+    rows = []
+    sel = runs[(runs.stage == stage) & runs.metric.isin(metrics)]
+    base = sel[sel.variant == baseline].set_index(["metric", "seed"])["value"]
+    for (variant, metric), group in sel[sel.variant != baseline].groupby(["variant", "metric"], sort=True):
+        other = group.set_index("seed")["value"]
+        ref = base.xs(metric, level="metric") if metric in base.index.get_level_values(0) else pd.Series(dtype=float)
+        seeds = sorted(set(other.index) & set(ref.index))
+        d = np.array([other[s] - ref[s] for s in seeds], dtype=float)
+        t_low, t_high = t_interval(d, confidence)
+        b_low, b_high = bootstrap_interval(d, confidence, n_resamples, seed)
+        rows.append(
+            {
+                "stage": stage,
+                "variant": variant,
+                "baseline": baseline,
+                "metric": metric,
+                "n": len(d),
+                "mean_diff": float(d.mean()) if len(d) else np.nan,
+                "t_low": t_low,
+                "t_high": t_high,
+                "boot_low": b_low,
+                "boot_high": b_high,
+                "p_improvement": float((d > 0).mean()) if len(d) else np.nan,
+            }
+        )
+    return pd.DataFrame(rows)

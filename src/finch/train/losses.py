@@ -50,3 +50,7 @@ class Objective:
     @staticmethod
     def logits(outputs) -> torch.Tensor:
         return outputs
+
+    def heads(self) -> dict:
+        """Extra prediction heads to evaluate besides :meth:`logits` (name → outputs-to-logits)."""
+        return {}
