@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import augmentation  # noqa: E402
 import engine_vs_bare  # noqa: E402
+import probe_vs_frozen  # noqa: E402
 import startup  # noqa: E402
 import torch  # noqa: E402
 
@@ -20,7 +21,7 @@ from finch.io import write_text  # noqa: E402
 
 
 def main() -> None:
-    results = [engine_vs_bare.measure(), augmentation.measure(), startup.measure()]
+    results = [engine_vs_bare.measure(), augmentation.measure(), probe_vs_frozen.measure(), startup.measure()]
     lines = [
         "# Benchmarks",
         "",

@@ -11,7 +11,6 @@ from finch.distill import DistillationObjective, TwoHeadStudent, build_student, 
 from finch.errors import ModelError
 from finch.io import save_tensors
 from finch.models import build_model
-from finch.train.augment import normalise
 from finch.train.engine import fit
 
 from .conftest import TINY_MODEL, tiny_recipe
@@ -136,7 +135,7 @@ def test_hard_distillation_drives_the_distillation_head_to_the_teachers_class(to
 
     cfg = student_cfg(hard={"alpha": 0.5})
     objective = DistillationObjective(LossConfig(), 2, False, "hard", cfg, AlwaysK())
-    x = normalise(toy_task.test.x, *toy_task.normalisation(CPU))
+    x = toy_task.to_inputs(toy_task.test.x, CPU)
     torch.manual_seed(1)
     student = build_student(cfg, "hard", 2, 1).eval()
     with torch.no_grad():

@@ -22,7 +22,7 @@ def train(task, recipe, seed=0, **kw):
 
 def test_tiny_model_learns_separable_task(toy_task):
     result = train(toy_task, tiny_recipe(epochs=5))
-    probs, speed = predict_proba(result.model, toy_task.test, *toy_task.normalisation(CPU), 32, CPU)
+    probs, speed = predict_proba(result.model, toy_task.test, toy_task.to_inputs, 32, CPU)
     metrics, _ = classification_metrics(toy_task.test.y.numpy(), probs, toy_task.class_names)
     assert metrics["accuracy"] >= 0.95
     assert speed > 0 and len(result.history) == 5

@@ -132,3 +132,21 @@ def test_verify_fails_with_a_table_of_differences():
     assert not ok and "differs" in report and "0.6" in report
     ok, report = verify(runs_csv([0.70]), runs_csv([0.70, 0.71]), 0.01)
     assert not ok and "missing in fresh run" in report
+
+
+def test_paired_differences_pair_by_seed():
+    from finch.report.stats import paired_differences
+
+    rows = []
+    for seed, (a, b) in enumerate([(0.50, 0.55), (0.60, 0.62), (0.40, 0.47), (0.55, 0.56)]):
+        rows += [
+            {"stage": "s", "variant": "base", "seed": seed, "metric": "accuracy", "value": a},
+            {"stage": "s", "variant": "new", "seed": seed, "metric": "accuracy", "value": b},
+        ]
+    rows.append({"stage": "s", "variant": "new", "seed": 9, "metric": "accuracy", "value": 0.99})  # unpaired
+    d = paired_differences(pd.DataFrame(rows), "s", "base", ["accuracy"], 0.95, 999, 0).iloc[0]
+    diffs = np.array([0.05, 0.02, 0.07, 0.01])
+    assert d.n == 4 and d.mean_diff == pytest.approx(diffs.mean())
+    lo, hi = stats.ttest_rel([0.55, 0.62, 0.47, 0.56], [0.50, 0.60, 0.40, 0.55]).confidence_interval(0.95)
+    assert (d.t_low, d.t_high) == pytest.approx((lo, hi))
+    assert d.p_improvement == 1.0

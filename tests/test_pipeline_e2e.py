@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from finch.config import STUDENT_VARIANTS, TRANSFER_STRATEGIES
 from finch.runs import find_records
 
 from .conftest import REPO
@@ -57,18 +58,29 @@ def test_smoke_outputs_and_records(smoke_repo):
         assert (repo / path).is_file(), path
     records = find_records(repo / "reports/runs")
     runs = sorted((r.data["stage"], r.data["variant"], r.data["seed"]) for r in records)
-    students = [(s, v, seed) for s, v, seed in runs if s == "student"]
-    assert [r for r in runs if r[0] != "student"] == [
+    assert [r for r in runs if r[0] in ("pretrain", "teacher")] == [
         ("pretrain", "source", 0),
+        ("pretrain", "vit_source", 0),
         ("teacher", "default", 0),
         ("teacher", "default", 1),
     ]
-    assert students == sorted(("student", v, s) for v in ("none", "soft", "hard", "class_token") for s in (0, 1))
+    students = [r for r in runs if r[0] == "student"]
+    assert students == sorted(("student", v, s) for v in STUDENT_VARIANTS for s in (0, 1))
+    strategies = [r for r in runs if r[0] == "finetune"]
+    assert strategies == sorted(("finetune", v, s) for v in TRANSFER_STRATEGIES for s in (0, 1))
+    for rec in records:
+        if rec.data["stage"] == "finetune":
+            m = rec.data["metrics"]
+            assert 0 < m["params_trainable"] <= m["params_total"], rec.data["variant"]
+            frozen = rec.data["variant"] not in ("full", "lp_ft", "scratch", "vit_full")  # probes: backbone frozen
+            assert (m["params_trainable"] < m["params_total"]) == frozen, rec.data["variant"]
     hard = next(r for r in records if r.data["variant"] == "hard")
     assert {"accuracy.head_cls", "accuracy.head_dist", "teacher_agreement"} <= set(hard.data["metrics"])
     results = (repo / "reports/results.md").read_text()
     assert "CNN teacher" in results and "95% t interval" in results
     assert "Paired differences against `none`" in results
+    assert "Paired differences against `linear_probe`" in results and "Paired differences against `scratch`" in results
+    assert (repo / "reports/figures/finetune_pareto.png").is_file()
 
 
 def test_mlflow_has_every_run(smoke_repo):
@@ -78,15 +90,18 @@ def test_mlflow_has_every_run(smoke_repo):
     mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["finch-smoke"])
     seeds = runs[runs["tags.finch.kind"].isna()] if "tags.finch.kind" in runs else runs
-    variants = ("none", "soft", "hard", "class_token")
-    expected = ["pretrain/source/seed=0", "teacher/seed=0", "teacher/seed=1"]
+    variants = STUDENT_VARIANTS
+    expected = ["pretrain/source/seed=0", "pretrain/vit_source/seed=0", "teacher/seed=0", "teacher/seed=1"]
     expected += [f"student/{v}/seed={s}" for v in variants for s in (0, 1)]
+    expected += [f"finetune/{v}/seed={s}" for v in TRANSFER_STRATEGIES for s in (0, 1)]
     assert sorted(seeds["tags.mlflow.runName"]) == sorted(expected)
     assert set(runs["status"]) == {"FINISHED"}
     assert seeds["metrics.accuracy"].between(0, 1).all()
     summaries = runs[runs["tags.finch.kind"] == "summary"]
     assert sorted(summaries["tags.mlflow.runName"]) == sorted(
-        ["pretrain/source/summary", "teacher/summary", *[f"student/{v}/summary" for v in variants]]
+        ["pretrain/source/summary", "pretrain/vit_source/summary", "teacher/summary"]
+        + [f"student/{v}/summary" for v in variants]
+        + [f"finetune/{v}/summary" for v in TRANSFER_STRATEGIES]
     )
     # side-by-side comparison in the UI: the variants are filterable by tag
     hard = seeds[seeds["tags.finch.variant"] == "hard"]
@@ -98,9 +113,13 @@ def repro_stages(repo, env) -> set[str]:
     return {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
 
 
-def set_param(repo, section: str, key: str, value) -> None:
+def set_param(repo, dotted: str, value) -> None:
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params[section]["recipe"][key] = value
+    *path, key = dotted.split(".")
+    node = params
+    for part in path:
+        node = node[part]
+    node[key] = value
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
@@ -108,10 +127,12 @@ def test_second_repro_does_nothing_and_param_changes_rerun_only_what_depends(smo
     repo, env = smoke_repo
     assert repro_stages(repo, env) == set()
     assert "up to date" in run(["dvc", "status"], repo, env).stdout
-    set_param(repo, "student", "batch_size", 16)
+    set_param(repo, "student.recipe.batch_size", 16)
     assert repro_stages(repo, env) == {"train_student", "aggregate"}
-    set_param(repo, "teacher", "epochs", 1)  # the students learn from the teachers
+    set_param(repo, "teacher.recipe.epochs", 1)  # the students learn from the teachers
     assert repro_stages(repo, env) == {"train_teacher", "train_student", "aggregate"}
+    set_param(repo, "finetune.mlp_hidden", 32)  # a head parameter: the feature cache is reused
+    assert repro_stages(repo, env) == {"finetune", "aggregate"}
 
 
 def test_bad_params_fail_before_work(smoke_repo):

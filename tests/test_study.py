@@ -44,7 +44,7 @@ def variant(task, recipe, objective=None):
         name="default",
         recipe=recipe,
         settings={"recipe": recipe.model_dump()},
-        build_model=lambda: build_model(TINY_MODEL, task.num_classes, task.in_chans),
+        build_model=lambda seed: build_model(TINY_MODEL, task.num_classes, task.in_chans),
         objective=objective,
     )
 

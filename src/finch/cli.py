@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "sync":
             import logging
 
-            from finch.pipeline import sync_mlflow
+            from finch.pipeline.aggregate import sync_mlflow
 
             logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
             sync_mlflow(load_params())

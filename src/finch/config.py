@@ -79,6 +79,9 @@ class OptimizerConfig(Strict):
     weight_decay: float = Field(0.05, ge=0.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     nesterov: bool = True
+    backbone_lr_scale: float = Field(
+        1.0, gt=0.0, le=1.0, description="learning rate of everything but the head, as a share of lr"
+    )
 
 
 class SchedulerConfig(Strict):
@@ -138,6 +141,12 @@ class RecipeConfig(Strict):
         return self
 
 
+VIT_BACKBONE = ModelConfig(
+    name="vit_tiny_patch16_224",
+    kwargs={"img_size": 28, "patch_size": 7, "embed_dim": 96, "depth": 4, "num_heads": 3},
+)
+
+
 class PretrainConfig(Strict):
     weights: Literal["source", "timm"] = Field(
         "source", description="train on the source classes, or take timm's ImageNet weights"
@@ -145,6 +154,8 @@ class PretrainConfig(Strict):
     seed: int = Field(0, ge=0)
     model: ModelConfig = ModelConfig()
     recipe: RecipeConfig = RecipeConfig()
+    vit_model: ModelConfig = Field(VIT_BACKBONE, description="the ViT backbone for the transfer study")
+    vit_recipe: RecipeConfig = RecipeConfig()
 
 
 class TeacherConfig(Strict):
@@ -183,6 +194,70 @@ class StudentConfig(Strict):
     recipe: RecipeConfig = RecipeConfig()
 
 
+class LoraConfig(Strict):
+    rank: int = Field(8, ge=1)
+    alpha: float = Field(16.0, gt=0.0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: str = Field(r".*\.attn\.(qkv|proj)", description="peft regex: the attention projections")
+
+
+TRANSFER_STRATEGIES = (
+    "linear_probe",
+    "mlp_probe",
+    "frozen_backbone",
+    "partial",
+    "full",
+    "lp_ft",
+    "scratch",
+    "vit_linear_probe",
+    "vit_last_block",
+    "vit_attention_only",
+    "vit_lora",
+    "vit_full",
+)
+TransferStrategy = Literal[
+    "linear_probe",
+    "mlp_probe",
+    "frozen_backbone",
+    "partial",
+    "full",
+    "lp_ft",
+    "scratch",
+    "vit_linear_probe",
+    "vit_last_block",
+    "vit_attention_only",
+    "vit_lora",
+    "vit_full",
+]
+
+
+class FinetuneConfig(Strict):
+    strategies: list[TransferStrategy] = Field(default_factory=lambda: list(TRANSFER_STRATEGIES), min_length=1)
+    partial_stages: int = Field(1, ge=1, le=4, description="partial: the last k ResNet stages + head train")
+    backbone_lr_scale: float = Field(0.1, gt=0.0, le=1.0, description="full and lp_ft: backbone lr = lr x this")
+    mlp_hidden: int = Field(256, ge=1)
+    lora: LoraConfig = LoraConfig()
+    probe_recipe: RecipeConfig = RecipeConfig()
+    recipe: RecipeConfig = RecipeConfig()
+    vit_recipe: RecipeConfig = RecipeConfig()
+
+    @model_validator(mode="after")
+    def _checks(self) -> FinetuneConfig:
+        if len(set(self.strategies)) != len(self.strategies):
+            raise ValueError("finetune.strategies lists a strategy twice")
+        if "lp_ft" in self.strategies and (
+            "linear_probe" not in self.strategies
+            or self.strategies.index("linear_probe") > self.strategies.index("lp_ft")
+        ):
+            raise ValueError("finetune.strategies: lp_ft starts from linear_probe's head; list linear_probe before it")
+        aug = self.probe_recipe.augment
+        if aug.flip or aug.translate or aug.erasing or aug.mixup_alpha or aug.cutmix_alpha:
+            raise ValueError(
+                "finetune.probe_recipe.augment must be all off: probes train on cached features, not images"
+            )
+        return self
+
+
 class RuntimeConfig(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = Field(2, ge=1, description="torch CPU threads (fixed for determinism)")
@@ -206,9 +281,9 @@ class AggregateConfig(Strict):
     bootstrap_resamples: int = Field(9999, ge=100)
     bootstrap_seed: int = 0
     headline_metrics: list[str] = Field(default_factory=lambda: ["accuracy", "f1_macro", "auroc_macro", "ece"])
-    baselines: dict[str, str] = Field(
-        default_factory=lambda: {"student": "none"},
-        description="stage → variant every other variant of the stage is compared with (paired by seed)",
+    baselines: dict[str, list[str]] = Field(
+        default_factory=lambda: {"student": ["none"], "finetune": ["linear_probe", "scratch"]},
+        description="stage → variants every other variant of the stage is compared with (paired by seed)",
     )
 
 
@@ -224,6 +299,7 @@ class FinchConfig(Strict):
     pretrain: PretrainConfig = PretrainConfig()
     teacher: TeacherConfig = TeacherConfig()
     student: StudentConfig = StudentConfig()
+    finetune: FinetuneConfig = FinetuneConfig(probe_recipe=RecipeConfig(augment=AugmentConfig(flip=False, translate=0)))
     evaluate: EvaluateConfig = EvaluateConfig()
     tracking: TrackingConfig = TrackingConfig()
     aggregate: AggregateConfig = AggregateConfig()

@@ -21,7 +21,6 @@ from sklearn.metrics import (
 from torchmetrics.functional.classification import multiclass_calibration_error
 
 from finch.data.splits import Split
-from finch.train.augment import normalise
 
 HEAD_METRICS = ("accuracy", "f1_macro", "auroc_macro", "ece")  # reported per extra head
 
@@ -34,15 +33,17 @@ def class_key(name: str) -> str:
 def predict_proba(
     model: torch.nn.Module,
     split: Split,
-    mean: torch.Tensor,
-    std: torch.Tensor,
+    to_inputs: Callable,
     batch_size: int,
     device: torch.device,
     logits_of: Callable = lambda out: out,
     channels_last: bool = False,
 ) -> tuple[np.ndarray, float]:
-    """Class probabilities for every image of ``split`` and the throughput in img/s."""
-    probs, speed = predict_heads(model, split, mean, std, batch_size, device, {"main": logits_of}, channels_last)
+    """Class probabilities for every image of ``split`` and the throughput in img/s.
+
+    ``to_inputs(raw_batch, device)`` makes model inputs (``TaskData.to_inputs``).
+    """
+    probs, speed = predict_heads(model, split, to_inputs, batch_size, device, {"main": logits_of}, channels_last)
     return probs["main"], speed
 
 
@@ -50,8 +51,7 @@ def predict_proba(
 def predict_heads(
     model: torch.nn.Module,
     split: Split,
-    mean: torch.Tensor,
-    std: torch.Tensor,
+    to_inputs: Callable,
     batch_size: int,
     device: torch.device,
     heads: dict[str, Callable],
@@ -63,7 +63,7 @@ def predict_heads(
     probs: dict[str, list] = {name: [] for name in heads}
     start = time.perf_counter()
     for i in range(0, len(split), batch_size):
-        x = normalise(split.x[i : i + batch_size].to(device), mean, std)
+        x = to_inputs(split.x[i : i + batch_size], device)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast_for(device):
@@ -77,11 +77,11 @@ def predict_heads(
 
 
 def agreement_with(
-    reference: torch.nn.Module, probs: np.ndarray, split: Split, mean, std, batch_size: int, device
+    reference: torch.nn.Module, probs: np.ndarray, split: Split, to_inputs: Callable, batch_size: int, device
 ) -> tuple[dict[str, float], dict[str, float]]:
     """Share of ``split`` where ``reference`` (a teacher) and ``probs`` agree on the class,
     plus the reference's parameter count (metrics) and throughput (cost)."""
-    ref_probs, speed = predict_proba(reference, split, mean, std, batch_size, device)
+    ref_probs, speed = predict_proba(reference, split, to_inputs, batch_size, device)
     total = sum(p.numel() for p in reference.parameters())
     agree = float((ref_probs.argmax(1) == probs.argmax(1)).mean())
     return (

@@ -68,6 +68,25 @@ def load_backbone(model: nn.Module, path: Path | str) -> None:
     model.load_state_dict(state, strict=False)
 
 
+def freeze_all_but(model: nn.Module, trainable) -> None:
+    """Freeze every parameter whose name ``trainable(name)`` rejects."""
+    for name, param in model.named_parameters():
+        param.requires_grad_(bool(trainable(name)))
+
+
+def keep_frozen_norms_in_eval(model: nn.Module) -> None:
+    """Put BatchNorm layers whose parameters are all frozen back in eval mode.
+
+    ``model.train()`` would otherwise update their running statistics: frozen layers
+    would drift although no gradient touches them (the classic fine-tuning bug).
+    """
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            params = list(module.parameters(recurse=False))
+            if params and not any(p.requires_grad for p in params):
+                module.eval()
+
+
 def parameter_counts(model: nn.Module) -> dict[str, int]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -37,10 +37,11 @@ class Variant:
 
     stage: str
     name: str
-    build_model: Callable[[], torch.nn.Module]
+    build_model: Callable[[int], torch.nn.Module]  # seed → model (called after seeding)
     recipe: RecipeConfig
     settings: dict  # everything that defines the run (hashed into the run key)
     objective: Callable[[TaskData, int], Objective] | None = None  # (data, seed) → objective
+    frozen_outside: int = 0  # parameters used but not in the model (a probe's cached backbone)
 
 
 def git_commit() -> str:
@@ -76,7 +77,7 @@ def train_variant(
         key = run_key(variant.stage, variant.name, seed, params_hash)
         name = run_name(variant.stage, variant.name, seed)
         seed_everything(seed)
-        model = variant.build_model()
+        model = variant.build_model(seed)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         checkpoint = CHECKPOINT_ROOT / variant.stage / variant.name / f"seed={seed}.pt"
@@ -94,6 +95,7 @@ def train_variant(
             desc=name,
         )
         metrics, cost, confusion = test_once(result.model, objective, data, variant.recipe, cfg, device)
+        metrics["params_total"] += variant.frozen_outside
         folder = run_dir(runs_root, variant.stage, variant.name, seed)
         weights = Path(models_root) / variant.name / f"seed={seed}.safetensors"
         save_tensors(weights, result.model.state_dict(), {"run_key": key, "stage": variant.stage})
@@ -148,9 +150,8 @@ def test_once(model, objective: Objective | None, data: TaskData, recipe: Recipe
     """
     objective = objective or Objective(recipe.loss, data.num_classes, mixing=False)
     heads = {"main": objective.logits, **objective.heads()}
-    mean, std = data.normalisation(device)
     probs, speed = predict_heads(
-        model, data.test, mean, std, recipe.eval_batch_size, device, heads, recipe.channels_last
+        model, data.test, data.to_inputs, recipe.eval_batch_size, device, heads, recipe.channels_last
     )
     y = data.test.y.numpy()
     metrics, confusion = classification_metrics(y, probs["main"], data.class_names, cfg.evaluate.ece_bins)
@@ -163,7 +164,7 @@ def test_once(model, objective: Objective | None, data: TaskData, recipe: Recipe
     teacher = getattr(objective, "teacher", None)
     if teacher is not None:
         extra_metrics, extra_cost = agreement_with(
-            teacher, probs["main"], data.test, mean, std, recipe.eval_batch_size, device
+            teacher, probs["main"], data.test, data.to_inputs, recipe.eval_batch_size, device
         )
         metrics.update(extra_metrics)
         cost.update(extra_cost)

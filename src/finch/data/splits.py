@@ -34,10 +34,15 @@ class TaskData:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     content_hash: str
+    kind: str = "images"  # "images" (uint8, normalised per batch) or "features" (float vectors)
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def is_images(self) -> bool:
+        return self.kind == "images"
 
     @property
     def in_chans(self) -> int:
@@ -46,6 +51,13 @@ class TaskData:
     @property
     def image_size(self) -> int:
         return int(self.train.x.shape[-1])
+
+    def to_inputs(self, x: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """A raw batch of this task → model inputs: standardised images, or float features."""
+        if not self.is_images:
+            return x.to(device).float()
+        mean, std = self.normalisation(device)
+        return (x.to(device).float() / 255.0 - mean) / std
 
     def normalisation(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-channel mean and std shaped ``[1, C, 1, 1]`` for batches on ``device``."""

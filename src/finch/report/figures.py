@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
 from finch.io import write_with  # noqa: E402
@@ -80,6 +81,59 @@ def variant_curves_figure(curves: dict[str, list[dict]], path: Path | str, title
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     ax.set_title(title or "learning curves by variant")
+    _save(fig, path)
+
+
+def on_pareto_front(point: dict, points: list[dict], cost: str) -> bool:
+    """No other point is at least as accurate and at most as costly, and strictly better in one."""
+    return not any(
+        q["accuracy"] >= point["accuracy"]
+        and q[cost] <= point[cost]
+        and (q["accuracy"] > point["accuracy"] or q[cost] < point[cost])
+        for q in points
+    )
+
+
+def pareto_figure(points: list[dict], path: Path | str, title: str = "") -> None:
+    """Accuracy (mean, t-interval bars) against trainable parameters and against training time.
+
+    ``points``: dicts with label, accuracy, low, high, trainable, time. Pareto-optimal points
+    (more accurate than every cheaper one) are filled and joined by a line.
+    """
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+    for ax, cost, label in (
+        (axes[0], "trainable", "trainable parameters"),
+        (axes[1], "time", "training time per run (s)"),
+    ):
+        front = sorted((p for p in points if on_pareto_front(p, points, cost)), key=lambda p: p[cost])
+        for p in points:
+            err = [[p["accuracy"] - p["low"]], [p["high"] - p["accuracy"]]] if np.isfinite(p["low"]) else None
+            optimal = p in front
+            ax.errorbar(
+                p[cost],
+                p["accuracy"],
+                yerr=err,
+                fmt="o",
+                capsize=3,
+                color="tab:red" if optimal else "tab:gray",
+                mfc="tab:red" if optimal else "white",
+            )
+            ax.annotate(p["label"], (p[cost], p["accuracy"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.plot(
+            [p[cost] for p in front],
+            [p["accuracy"] for p in front],
+            "--",
+            color="tab:red",
+            alpha=0.6,
+            label="Pareto front",
+        )
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # crowded minor labels on short ranges
+        ax.set_xlabel(label + " (log scale)")
+        ax.set_ylabel("test accuracy (mean, 95% t interval)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    fig.suptitle(title or "accuracy against cost")
     _save(fig, path)
 
 

@@ -21,6 +21,7 @@ STAGE_TITLES = {
     "pretrain": "Pretraining on the source classes",
     "teacher": "CNN teacher (fine-tuned from the pretrained backbone)",
     "student": "Distilled ViT student (DeiT-style)",
+    "finetune": "Transfer learning: which layers to train",
 }
 STAGE_NOTES = {
     "student": (
@@ -29,6 +30,17 @@ STAGE_NOTES = {
         "`class_token` (a ViT without the distillation token, the teacher term on its only head). "
         "The teacher of each seed is that seed's CNN teacher. Reported prediction: the average of the "
         "class and distillation heads; the heads alone are listed too."
+    ),
+    "finetune": (
+        "Strategies on the CNN backbone (pretrained on the source classes): `linear_probe` and `mlp_probe` "
+        "(heads on cached features), `frozen_backbone` (backbone frozen in the network, head trained with "
+        "augmentation), `partial` (last stage(s) + head), `full` (all, backbone at a lower learning rate), "
+        "`lp_ft` (linear probe, then full fine-tuning from that head), `scratch` (same network, random "
+        "initialisation). On the ViT backbone: `vit_linear_probe`, `vit_last_block`, `vit_attention_only` "
+        "(attention weights + head), `vit_lora` (LoRA adapters on the attention projections + head), "
+        "`vit_full`. For the probes, train time and test img/s exclude the backbone: it ran once, in "
+        "`extract_features`. `frozen_backbone` trains the same linear head with the probe's epochs and "
+        "optimizer, through the network and with augmentation."
     ),
 }
 
@@ -207,6 +219,18 @@ def write_reports(records: list[RunRecord], card_path: Path, out: Path, cfg: Agg
     return summary
 
 
+# optional columns of the comparison table: (metric, header, digits); shown when a stage has the metric
+OPTIONAL_COLUMNS = [
+    ("accuracy.head_cls", "class head", 4),
+    ("accuracy.head_dist", "distillation head", 4),
+    ("teacher_agreement", "agreement with teacher", 4),
+    ("params_total", "parameters", 0),
+    ("params_trainable", "trainable", 0),
+    ("train_time_s", "train s/run", 1),
+    ("eval_images_per_s", "test img/s", 0),
+]
+
+
 def _comparison_section(
     stage: str,
     variants: dict[str, list[RunRecord]],
@@ -215,36 +239,33 @@ def _comparison_section(
     cfg: AggregateConfig,
     fig_dir: Path,
 ) -> list[str]:
-    """Variants side by side, paired differences against the stage's baseline, curves."""
+    """Variants side by side, paired differences against the stage's baselines, curves."""
     pct = f"{cfg.confidence:.0%}"
-    order = sorted(variants, key=lambda v: (v != cfg.baselines.get(stage), v))
+    baselines = [b for b in cfg.baselines.get(stage, []) if b in variants]
+    order = sorted(variants, key=lambda v: (v not in baselines, list(variants).index(v)))
+    present = set(summary[summary.stage == stage].metric)
+    columns = [c for c in OPTIONAL_COLUMNS if c[0] in present]
     lines = [
-        f"| variant | n | accuracy | {pct} t interval | {pct} bootstrap | class head | distillation head | "
-        "agreement with teacher |",
-        "|---|---:|---:|---|---|---:|---:|---:|",
+        f"| variant | n | accuracy | {pct} t interval | {pct} bootstrap | " + " | ".join(c[1] for c in columns) + " |",
+        "|---|---:|---:|---|---|" + "---:|" * len(columns),
     ]
 
-    def mean_of(variant: str, metric: str) -> str:
+    def mean_of(stage: str, variant: str, metric: str, digits: int) -> str:
         row = summary[(summary.stage == stage) & (summary.variant == variant) & (summary.metric == metric)]
-        return _fmt(row.iloc[0]["mean"]) if not row.empty else "—"
+        return "—" if row.empty else f"{row.iloc[0]['mean']:,.{digits}f}"
 
-    for v in order:
-        r = summary[(summary.stage == stage) & (summary.variant == v) & (summary.metric == "accuracy")].iloc[0]
-        lines.append(
-            f"| {v} | {int(r.n)} | {_fmt(r['mean'])} | {_interval(r.t_low, r.t_high)} | "
-            f"{_interval(r.boot_low, r.boot_high)} | {mean_of(v, 'accuracy.head_cls')} | "
-            f"{mean_of(v, 'accuracy.head_dist')} | {mean_of(v, 'teacher_agreement')} |"
+    def accuracy_row(stage: str, variant: str, label: str) -> str:
+        r = summary[(summary.stage == stage) & (summary.variant == variant) & (summary.metric == "accuracy")].iloc[0]
+        extra = " | ".join(mean_of(stage, variant, m, d) for m, _, d in columns)
+        return (
+            f"| {label} | {int(r.n)} | {_fmt(r['mean'])} | {_interval(r.t_low, r.t_high)} | "
+            f"{_interval(r.boot_low, r.boot_high)} | {extra} |"
         )
-    teacher_acc = summary[(summary.stage == "teacher") & (summary.metric == "accuracy")]
-    if stage == "student" and not teacher_acc.empty:
-        t = teacher_acc.iloc[0]
-        lines += [
-            "",
-            f"For reference, the CNN teacher: accuracy {_fmt(t['mean'])} "
-            f"({pct} t interval {_interval(t.t_low, t.t_high)}, n={int(t.n)}).",
-        ]
-    baseline = cfg.baselines.get(stage)
-    if baseline in variants:
+
+    lines += [accuracy_row(stage, v, v) for v in order]
+    if stage == "student" and not summary[summary.stage == "teacher"].empty:
+        lines.append(accuracy_row("teacher", "default", "*CNN teacher (reference)*"))
+    for baseline in baselines:
         diffs = paired_differences(
             table[table.kind == "metrics"],
             stage,
@@ -271,6 +292,34 @@ def _comparison_section(
     curves = {v: _mean_curve(variants[v]) for v in order}
     figures.variant_curves_figure(curves, fig_dir / f"{stage}_variants_curves.png", title=f"{stage}: mean over seeds")
     lines += [f"![{stage} variants: validation accuracy per epoch](figures/{stage}_variants_curves.png)", ""]
+    counts = summary[(summary.stage == stage) & summary.metric.isin(["params_total", "params_trainable"])]
+    freezes = counts.pivot(index="variant", columns="metric", values="mean").pipe(
+        lambda c: bool((c.get("params_trainable", c.get("params_total")) < c.get("params_total")).any())
+    )
+    if freezes:  # a cost/accuracy trade-off only where some variant trains fewer parameters
+        points = []
+        for v in order:
+            row = lambda m, v=v: summary[(summary.stage == stage) & (summary.variant == v) & (summary.metric == m)]  # noqa: E731
+            acc = row("accuracy").iloc[0]
+            points.append(
+                {
+                    "label": v,
+                    "accuracy": acc["mean"],
+                    "low": acc.t_low,
+                    "high": acc.t_high,
+                    "trainable": row("params_trainable").iloc[0]["mean"],
+                    "time": row("train_time_s").iloc[0]["mean"],
+                }
+            )
+        figures.pareto_figure(points, fig_dir / f"{stage}_pareto.png", title=f"{stage}: accuracy against cost")
+        front = [p["label"] for p in points if figures.on_pareto_front(p, points, "trainable")]
+        lines += [
+            f"![{stage}: accuracy against trainable parameters and training time](figures/{stage}_pareto.png)",
+            "",
+            f"Pareto front (no other variant is both more accurate and has fewer trainable parameters): "
+            f"{', '.join(f'`{f}`' for f in front)}.",
+            "",
+        ]
     return lines
 
 

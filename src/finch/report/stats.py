@@ -54,8 +54,6 @@ def summarize(runs: pd.DataFrame, confidence: float, n_resamples: int, seed: int
     rows = []
     for (stage, variant, metric), group in runs.groupby(["stage", "variant", "metric"], sort=True):
         values = group.sort_values("seed")["value"].to_numpy(dtype=float)
-        t_low, t_high = t_interval(values, confidence)
-        b_low, b_high = bootstrap_interval(values, confidence, n_resamples, seed)
         rows.append(
             {
                 "stage": stage,
@@ -64,13 +62,17 @@ def summarize(runs: pd.DataFrame, confidence: float, n_resamples: int, seed: int
                 "n": len(values),
                 "mean": float(values.mean()),
                 "std": float(values.std(ddof=1)) if len(values) > 1 else np.nan,
-                "t_low": t_low,
-                "t_high": t_high,
-                "boot_low": b_low,
-                "boot_high": b_high,
+                **both_intervals(values, confidence, n_resamples, seed),
             }
         )
     return pd.DataFrame(rows)
+
+
+def both_intervals(values: np.ndarray, confidence: float, n_resamples: int, seed: int) -> dict[str, float]:
+    """t_low, t_high, boot_low, boot_high for the mean of ``values``."""
+    t_low, t_high = t_interval(values, confidence)
+    b_low, b_high = bootstrap_interval(values, confidence, n_resamples, seed)
+    return {"t_low": t_low, "t_high": t_high, "boot_low": b_low, "boot_high": b_high}
 
 
 def paired_differences(
@@ -90,8 +92,6 @@ def paired_differences(
         ref = base.xs(metric, level="metric") if metric in base.index.get_level_values(0) else pd.Series(dtype=float)
         seeds = sorted(set(other.index) & set(ref.index))
         d = np.array([other[s] - ref[s] for s in seeds], dtype=float)
-        t_low, t_high = t_interval(d, confidence)
-        b_low, b_high = bootstrap_interval(d, confidence, n_resamples, seed)
         rows.append(
             {
                 "stage": stage,
@@ -100,10 +100,7 @@ def paired_differences(
                 "metric": metric,
                 "n": len(d),
                 "mean_diff": float(d.mean()) if len(d) else np.nan,
-                "t_low": t_low,
-                "t_high": t_high,
-                "boot_low": b_low,
-                "boot_high": b_high,
+                **both_intervals(d, confidence, n_resamples, seed),
                 "p_improvement": float((d > 0).mean()) if len(d) else np.nan,
             }
         )

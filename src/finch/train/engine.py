@@ -23,10 +23,11 @@ from timm.utils import ModelEmaV3
 from tqdm.auto import tqdm
 
 from finch.config import RecipeConfig
-from finch.data.splits import Split, TaskData
+from finch.data.splits import TaskData
 from finch.errors import NonFiniteLossError
 from finch.evaluate import autocast_for, predict_proba
-from finch.train.augment import BatchAugment, normalise
+from finch.models import keep_frozen_norms_in_eval
+from finch.train.augment import BatchAugment
 from finch.train.checkpoint import load_resume_state, save_resume_state
 from finch.train.losses import Objective
 from finch.train.optim import (
@@ -58,9 +59,10 @@ def _score(row: dict, select_on: str) -> float:
     return row["val_accuracy"] if select_on == "val_accuracy" else -row["val_loss"]
 
 
-def validate(model, split: Split, mean, std, recipe: RecipeConfig, device, objective) -> dict:
+def validate(model, data: TaskData, recipe: RecipeConfig, device, objective) -> dict:
+    split = data.val
     probs, _ = predict_proba(
-        model, split, mean, std, recipe.eval_batch_size, device, objective.logits, recipe.channels_last
+        model, split, data.to_inputs, recipe.eval_batch_size, device, objective.logits, recipe.channels_last
     )
     y = split.y.numpy()
     p_true = np.clip(probs[np.arange(len(y)), y], 1e-12, 1.0)
@@ -87,7 +89,6 @@ def fit(
     model = model.to(device)
     if recipe.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    mean, std = data.normalisation(device)
     train = data.train
     batch = min(recipe.batch_size, len(train) - len(train) % 2)
     steps_per_epoch = max(1, len(train) // batch)  # drop the ragged last batch (BatchNorm, mixup)
@@ -136,11 +137,12 @@ def fit(
     for epoch in bar:
         epoch_start = time.perf_counter()
         model.train()
+        keep_frozen_norms_in_eval(model)
         order = torch.randperm(len(train), generator=generator)
         loss_sum = 0.0
         for step in range(steps_per_epoch):
             idx = order[step * batch : (step + 1) * batch]
-            x = normalise(train.x[idx].to(device, non_blocking=True), mean, std)
+            x = data.to_inputs(train.x[idx], device)
             y = train.y[idx].to(device, non_blocking=True)
             x, y = augment(x, y, generator)
             if recipe.channels_last:
@@ -179,7 +181,7 @@ def fit(
         row = {
             "epoch": epoch + 1,
             "train_loss": loss_sum / steps_per_epoch,
-            **validate(eval_model, data.val, mean, std, recipe, device, objective),
+            **validate(eval_model, data, recipe, device, objective),
             "lr": current_lr(optimizer),
         }
         if scheduler is not None:

@@ -10,16 +10,37 @@ from timm.scheduler import create_scheduler_v2
 from timm.scheduler.scheduler import Scheduler
 
 from finch.config import OptimizerConfig, SchedulerConfig
+from finch.models import classifier_prefix
 
 # timm's "sgd" is Nesterov SGD; "momentum" is plain heavy-ball SGD.
 _TIMM_OPT = {"adam": "adam", "adamw": "adamw"}
 
 
 def build_optimizer(model: torch.nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
-    """Optimizer over the trainable parameters (no weight decay on biases and norms)."""
+    """Optimizer over the trainable parameters (no weight decay on biases and norms).
+
+    With ``backbone_lr_scale`` < 1, everything but the classification head learns at
+    ``lr * backbone_lr_scale`` (timm's schedulers honour the groups' ``lr_scale``).
+    """
     name = _TIMM_OPT.get(cfg.name) or ("sgd" if cfg.nesterov else "momentum")
     extra = {"momentum": cfg.momentum} if cfg.name == "sgd" else {}
-    return create_optimizer_v2(model, opt=name, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=False, **extra)
+    params = model if cfg.backbone_lr_scale == 1.0 else _scaled_groups(model, cfg)
+    return create_optimizer_v2(params, opt=name, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=False, **extra)
+
+
+def _scaled_groups(model: torch.nn.Module, cfg: OptimizerConfig) -> list[dict]:
+    head = classifier_prefix(model) + "."
+    groups: dict[tuple[float, float], list] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        scale = 1.0 if name.startswith(head) else cfg.backbone_lr_scale
+        decay = 0.0 if param.ndim <= 1 or name.endswith(".bias") else cfg.weight_decay
+        groups.setdefault((scale, decay), []).append(param)
+    return [
+        {"params": ps, "lr": cfg.lr * scale, "lr_scale": scale, "weight_decay": decay}
+        for (scale, decay), ps in groups.items()
+    ]
 
 
 def build_scheduler(

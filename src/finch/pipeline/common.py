@@ -1,0 +1,84 @@
+"""What every stage process shares: output paths, hashing, and the stage entry point.
+
+Each stage's work lives in its own module of this package (``finch.pipeline.<stage>``), so
+that dvc.yaml can make a stage depend on exactly its own code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from finch.config import FinchConfig, load_params
+from finch.errors import USER_ERRORS
+
+log = logging.getLogger("finch")
+
+PREPARED = Path("data/prepared")
+FEATURES = Path("data/features")
+MODELS = Path("models")
+RUNS = Path("reports/runs")
+REPORTS = Path("reports")
+BACKBONE = MODELS / "pretrain" / "backbone.safetensors"
+VIT_BACKBONE = MODELS / "pretrain" / "vit_backbone.safetensors"
+
+
+def teacher_weights(seed: int) -> Path:
+    return MODELS / "teacher" / "default" / f"seed={seed}.safetensors"
+
+
+def probe_weights(seed: int) -> Path:
+    return MODELS / "finetune" / "linear_probe" / f"seed={seed}.safetensors"
+
+
+def file_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def run_stage(
+    name: str, fn: Callable[[FinchConfig], None], imports: tuple[str, ...] = (), params: str = "params.yaml"
+) -> None:
+    """Entry point of a stage process: logging, params, clean errors, timing.
+
+    ``imports`` are the heavy modules the stage uses, imported first so that the
+    start-up time written to ``reports/timing/<stage>.json`` includes them.
+    """
+    import importlib
+
+    from finch.io import write_json
+
+    for module in imports:
+        importlib.import_module(module)
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    started = time.time()
+    startup_s = _seconds_since_process_start()
+    try:
+        cfg = load_params(params)
+        fn(cfg)
+    except USER_ERRORS as err:
+        print(f"\nfinch {name}: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    write_json(
+        REPORTS / "timing" / f"{name}.json",
+        {
+            "stage": name,
+            "startup_s": round(startup_s, 3),
+            "wall_s": round(startup_s + time.time() - started, 3),
+        },
+    )
+
+
+def _seconds_since_process_start() -> float:
+    """Interpreter start plus imports so far (the cost every stage process pays)."""
+    import psutil
+
+    return time.time() - psutil.Process().create_time()

@@ -1,0 +1,16 @@
+"""Stage `prepare`: sample and check the target and source tasks."""
+
+from __future__ import annotations
+
+from finch.config import FinchConfig
+from finch.pipeline.common import PREPARED, log
+
+
+def prepare(cfg: FinchConfig) -> None:
+    from finch.data.prepare import prepare as prepare_data
+
+    card = prepare_data(cfg.data, PREPARED)
+    counts = {s: sum(c.values()) for s, c in card["target"]["counts"].items()}
+    log.info("target task %s: %s", card["target"]["classes"], counts)
+    if card["skipped_images"]:
+        log.warning("skipped %d unreadable image(s); listed in %s", len(card["skipped_images"]), PREPARED / "card.json")

@@ -1,0 +1,50 @@
+"""Stage `pretrain`: the CNN and ViT backbones."""
+
+from __future__ import annotations
+
+from finch.config import FinchConfig
+from finch.errors import ConfigError
+from finch.pipeline.common import BACKBONE, MODELS, PREPARED, RUNS, VIT_BACKBONE
+
+
+def pretrain(cfg: FinchConfig) -> None:
+    """The CNN and ViT backbones: trained on the source classes, or timm's ImageNet weights."""
+    from finch.data.splits import load_task
+    from finch.io import load_tensors, write_json
+    from finch.models import build_model, save_backbone
+    from finch.study import Variant, train_variant
+    from finch.tracking import log_runs_safely
+    from finch.train.runtime import configure
+
+    device = configure(cfg.runtime)
+    pc = cfg.pretrain
+    backbones = [("source", pc.model, pc.recipe, BACKBONE), ("vit_source", pc.vit_model, pc.vit_recipe, VIT_BACKBONE)]
+    if pc.weights == "timm":
+        target = load_task(PREPARED, "target")
+        for _, model_cfg, _, path in backbones:
+            try:
+                model = build_model(model_cfg, target.num_classes, target.in_chans, pretrained=True)
+            except Exception as err:
+                raise ConfigError(
+                    f"pretrain.weights is timm but timm's weights for {model_cfg.name!r} could not be "
+                    f"loaded ({err}); they need network access or a filled Hugging Face cache"
+                ) from None
+            save_backbone(model, path, {"origin": f"timm:{model_cfg.name}"})
+        # no training run to record; the declared output folder says where the weights came from
+        write_json(RUNS / "pretrain" / "origin.json", {"weights": [f"timm:{b[1].name}" for b in backbones]})
+        return
+    source = load_task(PREPARED, "source")
+    folders = []
+    for name, model_cfg, recipe, path in backbones:
+        variant = Variant(
+            stage="pretrain",
+            name=name,
+            build_model=lambda seed, model_cfg=model_cfg: build_model(model_cfg, source.num_classes, source.in_chans),
+            recipe=recipe,
+            settings={"model": model_cfg.model_dump(), "recipe": recipe.model_dump()},
+        )
+        folders += train_variant(variant, source, [pc.seed], cfg, device, RUNS, MODELS / "pretrain")
+        model = build_model(model_cfg, source.num_classes, source.in_chans)
+        model.load_state_dict(load_tensors(MODELS / "pretrain" / name / f"seed={pc.seed}.safetensors"))
+        save_backbone(model, path, {"origin": "source classes", "source_classes": ",".join(source.class_names)})
+    log_runs_safely(folders, cfg.tracking, cfg.profile)

@@ -1,0 +1,145 @@
+"""Transfer strategies: frozen means frozen, trainable counts, LoRA, the feature cache."""
+
+import pytest
+import torch
+from torch import nn
+
+from finch.config import FinetuneConfig, ModelConfig, RecipeConfig
+from finch.io import save_tensors
+from finch.models import backbone_state, build_model, parameter_counts
+from finch.train.engine import fit
+from finch.transfer import build_network, extract_features, feature_extractor, feature_task, probe_head
+
+from .conftest import TINY_MODEL, tiny_recipe
+
+CPU = torch.device("cpu")
+TINY_VIT = ModelConfig(
+    name="vit_tiny_patch16_224", kwargs={"img_size": 12, "patch_size": 4, "embed_dim": 16, "depth": 2, "num_heads": 2}
+)
+FT = FinetuneConfig(probe_recipe=RecipeConfig(augment={"flip": False, "translate": 0}), lora={"rank": 2})
+
+
+@pytest.fixture
+def backbones(tmp_path, toy_task):
+    torch.manual_seed(0)
+    paths = {}
+    for kind, cfg in (("cnn", TINY_MODEL), ("vit", TINY_VIT)):
+        model = build_model(cfg, 5, toy_task.in_chans)  # pretrained on a 5-class "source" task
+        paths[kind] = tmp_path / f"{kind}.safetensors"
+        save_tensors(paths[kind], backbone_state(model))
+    probe = tmp_path / "probe.safetensors"
+    save_tensors(probe, nn.Linear(16, 2).state_dict())  # TINY_MODEL's pooled features are 16-d
+    paths["probe"] = probe
+    return paths
+
+
+def expected_trainable(strategy: str, model: nn.Module) -> int:
+    """Counted independently of the freezing code, by module."""
+    head = sum(p.numel() for p in model.get_classifier().parameters())
+    if strategy == "frozen_backbone":
+        return head
+    if strategy == "partial":
+        return head + sum(p.numel() for p in model.layer4.parameters())
+    if strategy == "vit_last_block":
+        return head + sum(p.numel() for p in model.blocks[-1].parameters())
+    if strategy == "vit_attention_only":
+        return head + sum(p.numel() for b in model.blocks for p in b.attn.parameters())
+    return sum(p.numel() for p in model.parameters())
+
+
+STRATEGIES = [
+    "frozen_backbone",
+    "partial",
+    "full",
+    "lp_ft",
+    "scratch",
+    "vit_last_block",
+    "vit_attention_only",
+    "vit_full",
+]
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_frozen_means_frozen(strategy, toy_task, backbones):
+    kind = "vit" if strategy.startswith("vit") else "cnn"
+    cfg = TINY_VIT if kind == "vit" else TINY_MODEL
+    torch.manual_seed(0)
+    model = build_network(strategy, FT, cfg, backbones[kind], toy_task, backbones["probe"])
+    assert parameter_counts(model)["params_trainable"] == expected_trainable(strategy, model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    fit(model, toy_task, tiny_recipe(epochs=2), seed=0, device=CPU, progress=False)
+    after = model.state_dict()
+    for name, value in before.items():
+        owner = name.rsplit(".", 1)[0]
+        learns = name in trainable or any(t.rsplit(".", 1)[0] == owner for t in trainable)
+        if not learns:  # frozen parameters and the running statistics of frozen BatchNorm layers
+            assert torch.equal(after[name], value), f"{strategy}: {name} changed"
+    changed = [n for n in trainable if not torch.equal(after[n], before[n])]
+    assert changed, f"{strategy}: nothing trained"
+
+
+def test_partial_keeps_frozen_batchnorm_statistics(toy_task, backbones):
+    model = build_network("partial", FT, TINY_MODEL, backbones["cnn"], toy_task)
+    frozen, trained = model.layer1[0].bn1, model.layer4[0].bn1
+    frozen_stats, trained_stats = frozen.running_mean.clone(), trained.running_mean.clone()
+    fit(model, toy_task, tiny_recipe(epochs=2), seed=0, device=CPU, progress=False)
+    assert torch.equal(frozen.running_mean, frozen_stats)  # frozen layer: statistics untouched
+    assert not torch.equal(trained.running_mean, trained_stats)  # trainable layer: statistics follow the data
+
+
+def test_lora_trains_adapters_and_head_only(toy_task, backbones):
+    torch.manual_seed(0)
+    model = build_network("vit_lora", FT, TINY_VIT, backbones["vit"], toy_task)
+    named = dict(model.named_parameters())
+    trainable = {n for n, p in named.items() if p.requires_grad}
+    assert trainable and all("lora_" in n or "head" in n for n in trainable)
+    assert any("attn.qkv.lora_A" in n for n in trainable) and any("attn.proj.lora_B" in n for n in trainable)
+    assert not any("patch_embed" in n for n in trainable)
+    base_before = {n: p.detach().clone() for n, p in named.items() if n not in trainable}
+    lora_before = {n: named[n].detach().clone() for n in trainable if "lora_B" in n}
+    fit(model, toy_task, tiny_recipe(epochs=2), seed=0, device=CPU, progress=False)
+    named = dict(model.named_parameters())
+    assert all(torch.equal(named[n], v) for n, v in base_before.items())
+    assert any(not torch.equal(named[n], v) for n, v in lora_before.items())  # B starts at 0 and learns
+
+
+def test_lp_ft_starts_from_the_probe_head(toy_task, backbones):
+    model = build_network("lp_ft", FT, TINY_MODEL, backbones["cnn"], toy_task, backbones["probe"])
+    probe = nn.Linear(16, 2)
+    from finch.io import load_tensors
+
+    probe.load_state_dict(load_tensors(backbones["probe"]))
+    assert torch.equal(model.fc.weight, probe.weight)
+    with pytest.raises(Exception, match="linear_probe's head"):
+        build_network("lp_ft", FT, TINY_MODEL, backbones["cnn"], toy_task, backbones["probe"].parent / "nope")
+
+
+def test_probe_on_cached_features_learns(toy_task, backbones):
+    extractor = feature_extractor(TINY_MODEL, backbones["cnn"], toy_task.in_chans)
+    features = extract_features(extractor, toy_task, CPU)
+    assert features["train_x"].shape == (len(toy_task.train), 16)
+    task = feature_task(features, toy_task, "h")
+    assert not task.is_images and torch.equal(task.to_inputs(task.train.x[:3], CPU), task.train.x[:3])
+    head = probe_head("linear_probe", 16, 2, 8)
+    recipe = tiny_recipe(epochs=20, augment={"flip": False, "translate": 0})
+    result = fit(head, task, recipe, seed=0, device=CPU, progress=False)
+    assert max(r["val_accuracy"] for r in result.history) >= 0.9
+    assert sum(p.numel() for p in probe_head("mlp_probe", 16, 2, 8).parameters()) == 16 * 8 + 8 + 8 * 2 + 2
+
+
+def test_finetune_config_checks():
+    from finch.config import parse_params
+    from finch.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="list linear_probe before it"):
+        parse_params(
+            {
+                "finetune": {
+                    "strategies": ["lp_ft", "linear_probe"],
+                    "probe_recipe": {"augment": {"flip": False, "translate": 0}},
+                }
+            }
+        )
+    with pytest.raises(ConfigError, match="probe_recipe.augment must be all off"):
+        parse_params({"finetune": {"probe_recipe": {"augment": {"flip": True}}}})
