@@ -1,5 +1,6 @@
 """End to end: the smoke profile through `dvc repro` in a temporary copy of the repository."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -15,6 +16,7 @@ from finch.runs import find_records
 from .conftest import REPO
 
 pytestmark = pytest.mark.slow
+AUGMENTED = ("synthetic_only", "mix_0.5", "mix_1")
 COPY = ["dvc.yaml", "profiles", "stages", "src", "pyproject.toml"]
 
 
@@ -66,6 +68,9 @@ def test_smoke_outputs_and_records(smoke_repo):
     ]
     students = [r for r in runs if r[0] == "student"]
     assert students == sorted(("student", v, s) for v in STUDENT_VARIANTS for s in (0, 1))
+    assert [r for r in runs if r[0] == "gan"] == [("gan", "default", 0)]
+    mixes = [r for r in runs if r[0] == "augmented"]
+    assert mixes == sorted(("augmented", v, s) for v in AUGMENTED for s in (0, 1))
     strategies = [r for r in runs if r[0] == "finetune"]
     assert strategies == sorted(("finetune", v, s) for v in TRANSFER_STRATEGIES for s in (0, 1))
     for rec in records:
@@ -81,6 +86,11 @@ def test_smoke_outputs_and_records(smoke_repo):
     assert "Paired differences against `none`" in results
     assert "Paired differences against `linear_probe`" in results and "Paired differences against `scratch`" in results
     assert (repo / "reports/figures/finetune_pareto.png").is_file()
+    assert "Paired differences against `teacher/default`" in results and "Fréchet distance" in results
+    assert (repo / "reports/gan_samples.png").is_file()
+    quality = json.loads((repo / "reports/synthetic_quality.json").read_text())
+    assert set(quality["per_class"]) == {"T-shirt/top", "Pullover", "Coat", "Shirt"}
+    assert quality["overall"]["fid"] > 0 and 0 <= quality["overall"]["precision"] <= 1
 
 
 def test_mlflow_has_every_run(smoke_repo):
@@ -94,18 +104,26 @@ def test_mlflow_has_every_run(smoke_repo):
     expected = ["pretrain/source/seed=0", "pretrain/vit_source/seed=0", "teacher/seed=0", "teacher/seed=1"]
     expected += [f"student/{v}/seed={s}" for v in variants for s in (0, 1)]
     expected += [f"finetune/{v}/seed={s}" for v in TRANSFER_STRATEGIES for s in (0, 1)]
+    expected += [f"augmented/{v}/seed={s}" for v in AUGMENTED for s in (0, 1)] + ["gan/seed=0"]
     assert sorted(seeds["tags.mlflow.runName"]) == sorted(expected)
     assert set(runs["status"]) == {"FINISHED"}
-    assert seeds["metrics.accuracy"].between(0, 1).all()
+    assert seeds[seeds["tags.finch.stage"] != "gan"]["metrics.accuracy"].between(0, 1).all()
     summaries = runs[runs["tags.finch.kind"] == "summary"]
     assert sorted(summaries["tags.mlflow.runName"]) == sorted(
         ["pretrain/source/summary", "pretrain/vit_source/summary", "teacher/summary"]
         + [f"student/{v}/summary" for v in variants]
         + [f"finetune/{v}/summary" for v in TRANSFER_STRATEGIES]
+        + [f"augmented/{v}/summary" for v in AUGMENTED]
+        + ["gan/summary"]
     )
     # side-by-side comparison in the UI: the variants are filterable by tag
     hard = seeds[seeds["tags.finch.variant"] == "hard"]
     assert len(hard) == 2 and hard["metrics.teacher_agreement"].between(0, 1).all()
+    gan = seeds[seeds["tags.finch.stage"] == "gan"]
+    client = mlflow.tracking.MlflowClient()
+    grids = client.list_artifacts(gan["run_id"].iloc[0], "sample_grids")
+    assert len(grids) == 2  # one fixed-noise grid per epoch (smoke: 2 epochs)
+    assert len(client.get_metric_history(gan["run_id"].iloc[0], "d_loss")) == 2
 
 
 def repro_stages(repo, env) -> set[str]:
@@ -130,9 +148,11 @@ def test_second_repro_does_nothing_and_param_changes_rerun_only_what_depends(smo
     set_param(repo, "student.recipe.batch_size", 16)
     assert repro_stages(repo, env) == {"train_student", "aggregate"}
     set_param(repo, "teacher.recipe.epochs", 1)  # the students learn from the teachers
-    assert repro_stages(repo, env) == {"train_teacher", "train_student", "aggregate"}
+    assert repro_stages(repo, env) == {"train_teacher", "train_student", "train_augmented", "aggregate"}
     set_param(repo, "finetune.mlp_hidden", 32)  # a head parameter: the feature cache is reused
     assert repro_stages(repo, env) == {"finetune", "aggregate"}
+    set_param(repo, "synthetic.ratios", [1.0])  # the GAN is not retrained for another mix
+    assert repro_stages(repo, env) == {"generate", "train_augmented", "aggregate"}
 
 
 def test_bad_params_fail_before_work(smoke_repo):

@@ -258,6 +258,41 @@ class FinetuneConfig(Strict):
         return self
 
 
+class GanConfig(Strict):
+    seed: int = Field(0, ge=0)
+    grid_per_class: int = Field(8, ge=1, description="columns of the per-epoch sample grid")
+    z_dim: int = Field(64, ge=1)
+    width: int = Field(64, ge=8, description="channels of the widest generator layer / 2")
+    embed_dim: int = Field(16, ge=1)
+    conditioning: Literal["concat", "projection"] = "concat"
+    epochs: int = Field(60, ge=1)
+    batch_size: int = Field(64, ge=2)
+    lr: float = Field(2e-4, gt=0)
+    beta1: float = Field(0.5, ge=0, lt=1)
+    beta2: float = Field(0.999, ge=0, lt=1)
+    collapse_ratio: float = Field(0.1, ge=0, description="warn below this share of real within-class spread")
+    d_loss_floor: float = Field(0.05, ge=0, description="warn when the discriminator loss stays below this")
+    d_loss_patience: int = Field(5, ge=1, description="... for this many epochs")
+
+
+class SyntheticConfig(Strict):
+    per_class: int | None = Field(
+        None, ge=1, description="generated images per class; null = enough for the largest ratio"
+    )
+    seed: int = Field(0, ge=0)
+    ratios: list[float] = Field(
+        default_factory=lambda: [0.5, 1.0], description="synthetic-to-real ratios of train_augmented"
+    )
+    synthetic_only: bool = Field(True, description="also train on synthetic images only (the CAS)")
+    pr_k: int = Field(3, ge=1, description="k of the k-NN precision/recall")
+
+    @model_validator(mode="after")
+    def _ratios_positive(self) -> SyntheticConfig:
+        if any(r <= 0 for r in self.ratios):
+            raise ValueError(f"synthetic.ratios {self.ratios}: every ratio must be > 0")
+        return self
+
+
 class RuntimeConfig(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = Field(2, ge=1, description="torch CPU threads (fixed for determinism)")
@@ -282,8 +317,12 @@ class AggregateConfig(Strict):
     bootstrap_seed: int = 0
     headline_metrics: list[str] = Field(default_factory=lambda: ["accuracy", "f1_macro", "auroc_macro", "ece"])
     baselines: dict[str, list[str]] = Field(
-        default_factory=lambda: {"student": ["none"], "finetune": ["linear_probe", "scratch"]},
-        description="stage → variants every other variant of the stage is compared with (paired by seed)",
+        default_factory=lambda: {
+            "student": ["none"],
+            "finetune": ["linear_probe", "scratch"],
+            "augmented": ["teacher/default"],
+        },
+        description="stage → variants (or other stage/variant) every variant is compared with, paired by seed",
     )
 
 
@@ -300,6 +339,8 @@ class FinchConfig(Strict):
     teacher: TeacherConfig = TeacherConfig()
     student: StudentConfig = StudentConfig()
     finetune: FinetuneConfig = FinetuneConfig(probe_recipe=RecipeConfig(augment=AugmentConfig(flip=False, translate=0)))
+    gan: GanConfig = GanConfig()
+    synthetic: SyntheticConfig = SyntheticConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     tracking: TrackingConfig = TrackingConfig()
     aggregate: AggregateConfig = AggregateConfig()

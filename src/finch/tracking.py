@@ -92,16 +92,24 @@ class Tracker:
                 if k != "epoch"
             ]
             metrics += [Metric(k, float(v), now, 0) for k, v in {**d["metrics"], **d["cost"]}.items()]
-            metrics.append(Metric("best_epoch", float(d["best_epoch"]), now, 0))
+            if "best_epoch" in d:
+                metrics.append(Metric("best_epoch", float(d["best_epoch"]), now, 0))
             params = [Param(k, str(v)[:6000]) for k, v in flatten(d["params"]).items()]
             _log_batches(self.client, run_id, metrics, params)
             with tempfile.TemporaryDirectory() as tmp:
-                cm = Path(tmp) / "confusion_matrix.png"
-                figures.confusion_figure(d["confusion"], d["class_names"], cm, title=d["run_name"])
+                if "confusion" in d:  # classifiers
+                    cm = Path(tmp) / "confusion_matrix.png"
+                    figures.confusion_figure(d["confusion"], d["class_names"], cm, title=d["run_name"])
+                    self.client.log_artifact(run_id, str(cm), "figures")
                 curves = Path(tmp) / "learning_curves.png"
-                figures.curves_figure({d["run_name"]: rec.history}, curves, title=d["run_name"])
-                self.client.log_artifact(run_id, str(cm), "figures")
+                if rec.history and "val_accuracy" in rec.history[0]:
+                    figures.curves_figure({d["run_name"]: rec.history}, curves, title=d["run_name"])
+                else:  # other runs (the GAN): every logged curve
+                    figures.history_figure(rec.history, curves, title=d["run_name"])
                 self.client.log_artifact(run_id, str(curves), "figures")
+            for name, folder in d.get("artifacts", {}).items():  # e.g. the GAN's per-epoch sample grids
+                if Path(folder).is_dir():
+                    self.client.log_artifacts(run_id, folder, name)
             self.client.log_artifact(run_id, str(rec.path / "record.json"), "record")
             weights = Path(d["weights"])  # relative to the workspace the stage ran in
             if self.cfg.log_weights and weights.is_file():

@@ -15,7 +15,9 @@ def aggregate(cfg: FinchConfig) -> None:
     records = find_records(RUNS)
     if not records:
         raise ConfigError(f"{RUNS}: no run records; run the training stages first (dvc repro)")
-    summary = write_reports(records, PREPARED / "card.json", REPORTS, cfg.aggregate)
+    summary = write_reports(
+        records, PREPARED / "card.json", REPORTS, cfg.aggregate, quality_path=REPORTS / "synthetic_quality.json"
+    )
     log.info("wrote %s (%d runs)", REPORTS / "results.md", len(records))
     if cfg.tracking.enabled:
         sync_mlflow(cfg, records, summary)

@@ -69,6 +69,19 @@ def curves_figure(histories: dict[str, list[dict]], path: Path | str, title: str
     _save(fig, path)
 
 
+def history_figure(history: list[dict], path: Path | str, title: str = "") -> None:
+    """Every per-epoch column of a run's history against the epoch (e.g. GAN losses)."""
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    epochs = [r["epoch"] for r in history]
+    for key in (k for k in (history[0] if history else {}) if k != "epoch"):
+        ax.plot(epochs, [r[key] for r in history], label=key)
+    ax.set_xlabel("epoch")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.set_title(title or "per-epoch curves")
+    _save(fig, path)
+
+
 def variant_curves_figure(curves: dict[str, list[dict]], path: Path | str, title: str = "") -> None:
     """Mean validation accuracy per epoch per variant, shaded between the seeds' min and max."""
     fig, ax = plt.subplots(figsize=(7, 4))

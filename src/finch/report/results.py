@@ -22,6 +22,7 @@ STAGE_TITLES = {
     "teacher": "CNN teacher (fine-tuned from the pretrained backbone)",
     "student": "Distilled ViT student (DeiT-style)",
     "finetune": "Transfer learning: which layers to train",
+    "augmented": "Synthetic images: how good they are, and what they add",
 }
 STAGE_NOTES = {
     "student": (
@@ -30,6 +31,14 @@ STAGE_NOTES = {
         "`class_token` (a ViT without the distillation token, the teacher term on its only head). "
         "The teacher of each seed is that seed's CNN teacher. Reported prediction: the average of the "
         "class and distillation heads; the heads alone are listed too."
+    ),
+    "augmented": (
+        "A class-conditional DCGAN (stage `train_gan`) learns the target training images; `generate` draws "
+        "labelled images from a fixed seed. `synthetic_only` trains the teacher's recipe on as many synthetic "
+        "images as there are real ones (the classification accuracy score, CAS, tested on the real test "
+        "split); `mix_r` trains it on the real images plus r times as many synthetic ones. The reference "
+        "is the teacher itself: the same recipe on the same real images with the same seeds. Model "
+        "selection uses the real validation split in every variant."
     ),
     "finetune": (
         "Strategies on the CNN backbone (pretrained on the source classes): `linear_probe` and `mlp_probe` "
@@ -129,8 +138,13 @@ def _cost_table(summary: pd.DataFrame) -> list[str]:
     return lines
 
 
-def write_reports(records: list[RunRecord], card_path: Path, out: Path, cfg: AggregateConfig) -> pd.DataFrame:
-    """Write runs.csv, summary.json, results.md and figures under ``out``; return the summary."""
+def write_reports(
+    records: list[RunRecord], card_path: Path, out: Path, cfg: AggregateConfig, quality_path: Path | None = None
+) -> pd.DataFrame:
+    """Write runs.csv, summary.json, results.md and figures under ``out``; return the summary.
+
+    ``quality_path``: the generate stage's synthetic_quality.json, for the synthetic-data section.
+    """
     out = Path(out)
     table = runs_table(records)
     write_with(out / "runs.csv", lambda tmp: table.to_csv(tmp, index=False, float_format="%.10g"))
@@ -160,7 +174,9 @@ def write_reports(records: list[RunRecord], card_path: Path, out: Path, cfg: Agg
         ]
     by_group: dict[tuple[str, str], list[RunRecord]] = {}
     for rec in records:
-        by_group.setdefault((rec.data["stage"], rec.data["variant"]), []).append(rec)
+        if "confusion" in rec.data:  # classifiers; the GAN has its own section
+            by_group.setdefault((rec.data["stage"], rec.data["variant"]), []).append(rec)
+    gan_records = [r for r in records if r.data["stage"] == "gan"]
 
     forest_rows = {m: [] for m in cfg.headline_metrics}
     current_stage = None
@@ -171,7 +187,10 @@ def write_reports(records: list[RunRecord], card_path: Path, out: Path, cfg: Agg
             lines += [f"## {STAGE_TITLES.get(stage, stage)}", ""]
             if stage in STAGE_NOTES:
                 lines += [STAGE_NOTES[stage], ""]
-            if len(variants) > 1:
+            if stage == "augmented":
+                quality = read_json(quality_path) if quality_path and Path(quality_path).is_file() else None
+                lines += _synthetic_section(gan_records, quality, fig_dir)
+            if len(variants) > 1 or cfg.baselines.get(stage):
                 lines += _comparison_section(stage, variants, table, summary, cfg, fig_dir)
         group = summary[(summary.stage == stage) & (summary.variant == variant)]
         label = stage if variant == "default" else f"{stage}/{variant}"
@@ -241,7 +260,7 @@ def _comparison_section(
 ) -> list[str]:
     """Variants side by side, paired differences against the stage's baselines, curves."""
     pct = f"{cfg.confidence:.0%}"
-    baselines = [b for b in cfg.baselines.get(stage, []) if b in variants]
+    baselines = [b for b in cfg.baselines.get(stage, []) if b in variants or _exists(b, summary)]
     order = sorted(variants, key=lambda v: (v not in baselines, list(variants).index(v)))
     present = set(summary[summary.stage == stage].metric)
     columns = [c for c in OPTIONAL_COLUMNS if c[0] in present]
@@ -265,6 +284,9 @@ def _comparison_section(
     lines += [accuracy_row(stage, v, v) for v in order]
     if stage == "student" and not summary[summary.stage == "teacher"].empty:
         lines.append(accuracy_row("teacher", "default", "*CNN teacher (reference)*"))
+    for b in baselines:
+        if "/" in b:  # a baseline from another stage: show it as a reference row
+            lines.append(accuracy_row(*b.split("/", 1), f"*{b} (reference)*"))
     for baseline in baselines:
         diffs = paired_differences(
             table[table.kind == "metrics"],
@@ -320,6 +342,55 @@ def _comparison_section(
             f"{', '.join(f'`{f}`' for f in front)}.",
             "",
         ]
+    return lines
+
+
+def _exists(stage_variant: str, summary: pd.DataFrame) -> bool:
+    if "/" not in stage_variant:
+        return False
+    stage, variant = stage_variant.split("/", 1)
+    return not summary[(summary.stage == stage) & (summary.variant == variant)].empty
+
+
+def _synthetic_section(gan_records: list[RunRecord], quality: dict | None, fig_dir: Path) -> list[str]:
+    """The GAN's training, its samples, and the quality of its images."""
+    lines = []
+    for rec in gan_records:
+        figures.history_figure(rec.history, fig_dir / "gan_losses.png", title="conditional DCGAN: losses per epoch")
+        lines += [
+            "Samples (one row per class, fixed seed):",
+            "",
+            "![GAN samples](gan_samples.png)",
+            "![GAN losses](figures/gan_losses.png)",
+            "",
+        ]
+        warnings = rec.data.get("warnings", [])
+        lines += [f"Training warnings: {len(warnings)}."] + [f"- {w}" for w in warnings] + [""]
+    if quality:
+        o, ref = quality["overall"], quality.get("real_train_vs_test", {})
+        lines += [
+            f"Quality of {quality['per_class_generated']} generated images per class against the real test images, "
+            "in the feature space of the pretrained CNN backbone (Inception weights are not reachable offline): "
+            "Fréchet distance (FD), kernel distance (KID, mean ± std over subsets), and k-NN precision "
+            "(share of generated images inside the real manifold) and recall (share of real images inside "
+            "the generated one).",
+            "",
+            "| set | FD | KID | precision | recall |",
+            "|---|---:|---:|---:|---:|",
+            f"| all classes | {o['fid']:.3f} | {o['kid']:.4f} ± {o['kid_std']:.4f} | {o['precision']:.3f} | "
+            f"{o['recall']:.3f} |",
+        ]
+        for name, q in quality["per_class"].items():
+            lines.append(
+                f"| {name} | {q['fid']:.3f} | {q['kid']:.4f} ± {q['kid_std']:.4f} | {q['precision']:.3f} | "
+                f"{q['recall']:.3f} |"
+            )
+        if ref:
+            lines.append(
+                f"| *reference: real training vs real test images* | {ref['fid']:.3f} | "
+                f"{ref['kid']:.4f} ± {ref['kid_std']:.4f} | — | — |"
+            )
+        lines.append("")
     return lines
 
 

@@ -80,14 +80,20 @@ def paired_differences(
 ) -> pd.DataFrame:
     """Each variant of ``stage`` minus ``baseline``, paired by seed, per metric.
 
+    ``baseline`` is a variant of ``stage`` or ``"other_stage/variant"`` (e.g. ``teacher/default``).
+
     Columns: variant, metric, n (shared seeds), mean_diff, t_low/t_high (paired t interval,
     i.e. the t interval of the per-seed differences), boot_low/boot_high, p_improvement
     (share of seeds where the variant is higher).
     """
     rows = []
-    sel = runs[(runs.stage == stage) & runs.metric.isin(metrics)]
-    base = sel[sel.variant == baseline].set_index(["metric", "seed"])["value"]
-    for (variant, metric), group in sel[sel.variant != baseline].groupby(["variant", "metric"], sort=True):
+    base_stage, base_variant = baseline.split("/", 1) if "/" in baseline else (stage, baseline)
+    chosen = runs[runs.metric.isin(metrics)]
+    base = chosen[(chosen.stage == base_stage) & (chosen.variant == base_variant)].set_index(["metric", "seed"])[
+        "value"
+    ]
+    sel = chosen[(chosen.stage == stage) & ~((chosen.stage == base_stage) & (chosen.variant == base_variant))]
+    for (variant, metric), group in sel.groupby(["variant", "metric"], sort=True):
         other = group.set_index("seed")["value"]
         ref = base.xs(metric, level="metric") if metric in base.index.get_level_values(0) else pd.Series(dtype=float)
         seeds = sorted(set(other.index) & set(ref.index))

@@ -1,0 +1,120 @@
+"""Stages `train_gan` and `generate`: the conditional DCGAN, its labelled images and their quality."""
+
+from __future__ import annotations
+
+from finch.config import FinchConfig
+from finch.pipeline.common import BACKBONE, MODELS, PREPARED, REPORTS, RUNS, log
+
+GAN_DIR = MODELS / "gan"
+SYNTHETIC = "data/synthetic"
+
+
+def train_gan(cfg: FinchConfig) -> None:
+    """Train the class-conditional DCGAN on the target training images; log it like any run."""
+    import time
+
+    from finch.config import config_hash, flatten
+    from finch.data.splits import load_task
+    from finch.gan import train_gan as train
+    from finch.io import save_tensors
+    from finch.runs import run_dir, run_key, write_record
+    from finch.study import git_commit
+    from finch.tracking import log_runs_safely
+    from finch.train.runtime import configure
+
+    device = configure(cfg.runtime)
+    data = load_task(PREPARED, "target")
+    settings = {"gan": cfg.gan.model_dump(), "data_hash": data.content_hash, "runtime": cfg.runtime.model_dump()}
+    params_hash = config_hash(settings)
+    key = run_key("gan", "default", cfg.gan.seed, params_hash)
+    start = time.perf_counter()
+    result = train(data, cfg.gan, cfg.gan.seed, device, grid_dir=GAN_DIR / "grids")
+    weights = GAN_DIR / "generator.safetensors"
+    save_tensors(weights, result.generator.state_dict(), {"run_key": key, "classes": ",".join(data.class_names)})
+    folder = run_dir(RUNS, "gan", "default", cfg.gan.seed)
+    last = result.history[-1]
+    write_record(
+        folder,
+        {
+            "stage": "gan",
+            "variant": "default",
+            "seed": cfg.gan.seed,
+            "run_key": key,
+            "run_name": f"gan/seed={cfg.gan.seed}",
+            "params_hash": params_hash,
+            "params": flatten(settings),
+            "tags": {
+                "finch.stage": "gan",
+                "finch.variant": "default",
+                "finch.seed": str(cfg.gan.seed),
+                "finch.profile": cfg.profile,
+                "finch.git_commit": git_commit(),
+                "finch.params_hash": params_hash,
+                "finch.run_key": key,
+                "finch.device": str(device),
+                "finch.dvc_stage": "train_gan",
+            },
+            "metrics": {
+                "final_d_loss": last["d_loss"],
+                "final_g_loss": last["g_loss"],
+                "warnings": float(len(result.warnings)),
+            },
+            "cost": {"train_time_s": time.perf_counter() - start},
+            "warnings": result.warnings,
+            "class_names": data.class_names,
+            "weights": str(weights),
+            "artifacts": {"sample_grids": str(GAN_DIR / "grids")},
+        },
+        result.history,
+    )
+    log_runs_safely([folder], cfg.tracking, cfg.profile)
+
+
+def generate(cfg: FinchConfig) -> None:
+    """Labelled synthetic images (stored like the prepared splits), a grid, and their quality."""
+    import torch
+
+    from finch.data.splits import load_task
+    from finch.gan import DomainFeatures, Generator, fid_kid, precision_recall, sample, save_grid
+    from finch.io import load_tensors, save_tensors, write_json
+    from finch.train.runtime import configure
+    from finch.transfer import feature_extractor
+
+    device = configure(cfg.runtime)
+    data = load_task(PREPARED, "target")
+    gen = Generator(data.num_classes, data.in_chans, data.image_size, cfg.gan)
+    gen.load_state_dict(load_tensors(GAN_DIR / "generator.safetensors"))
+    gen.to(device)
+    real_per_class = int(torch.bincount(data.train.y).min())
+    per_class = cfg.synthetic.per_class or int(round(real_per_class * max([1.0, *cfg.synthetic.ratios])))
+    images, labels = sample(gen, per_class, cfg.synthetic.seed, device)
+    save_tensors(
+        f"{SYNTHETIC}/synthetic.safetensors",
+        {"train_x": images, "train_y": labels},
+        {"per_class": per_class, "seed": cfg.synthetic.seed, "classes": ",".join(data.class_names)},
+    )
+    grid = torch.cat([images[labels == c][:10] for c in range(data.num_classes)])
+    save_grid(grid, 10, REPORTS / "gan_samples.png")
+
+    features = DomainFeatures(feature_extractor(cfg.pretrain.model, BACKBONE, data.in_chans), data.mean, data.std)
+    features.to(device)
+    real_f, fake_f, train_f = features.of(data.test.x), features.of(images), features.of(data.train.x)
+    k = cfg.synthetic.pr_k
+    quality = {"per_class_generated": per_class, "overall": {}, "per_class": {}}
+    precision, recall = precision_recall(real_f, fake_f, k)
+    quality["overall"] = {**fid_kid(real_f, fake_f), "precision": precision, "recall": recall}
+    for c, name in enumerate(data.class_names):
+        r, f = real_f[data.test.y == c], fake_f[labels == c]
+        p, rc = precision_recall(r, f, k)
+        quality["per_class"][name] = {**fid_kid(r, f), "precision": p, "recall": rc}
+    # reference: how far is real from real? (training images vs test images, same feature space)
+    quality["real_train_vs_test"] = fid_kid(real_f, train_f)
+    write_json(REPORTS / "synthetic_quality.json", quality)
+    log.info(
+        "synthetic images: %d per class; FD %.2f, KID %.4f, precision %.3f, recall %.3f",
+        per_class,
+        quality["overall"]["fid"],
+        quality["overall"]["kid"],
+        precision,
+        recall,
+    )

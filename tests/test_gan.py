@@ -1,0 +1,96 @@
+"""Conditional DCGAN: shapes, conditioning, quality measures, determinism."""
+
+import pytest
+import torch
+from torch import nn
+
+from finch.gan import (
+    Discriminator,
+    DomainFeatures,
+    GanConfig,
+    Generator,
+    fid_kid,
+    precision_recall,
+    sample,
+    train_gan,
+    upsampling_plan,
+)
+
+from .conftest import make_task
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize("size", [28, 32, 64])
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("conditioning", ["concat", "projection"])
+def test_shapes_and_range(size, channels, conditioning):
+    cfg = GanConfig(width=8, conditioning=conditioning)
+    gen, disc = Generator(4, channels, size, cfg), Discriminator(4, channels, size, cfg)
+    y = torch.tensor([0, 1, 2, 3])
+    x = gen(torch.randn(4, cfg.z_dim), y)
+    assert x.shape == (4, channels, size, size)
+    assert x.min() >= -1 and x.max() <= 1
+    assert disc(x, y).shape == (4,)
+
+
+def test_upsampling_plan():
+    assert upsampling_plan(28) == (7, 2) and upsampling_plan(32) == (4, 3) and upsampling_plan(64) == (4, 4)
+    with pytest.raises(ValueError, match="cannot be reached"):
+        upsampling_plan(7)
+
+
+def test_dcgan_initialisation():
+    gen = Generator(2, 1, 28, GanConfig(width=16))
+    conv = next(m for m in gen.modules() if isinstance(m, nn.ConvTranspose2d))
+    assert abs(conv.weight.std().item() - 0.02) < 0.005 and abs(conv.weight.mean().item()) < 0.005
+
+
+def test_conditioning_works_on_bright_and_dark_squares():
+    task = make_task(n_train=256, size=28)  # label 0: dark square, label 1: bright square
+    result = train_gan(task, GanConfig(width=16, epochs=25, batch_size=32), seed=0, device=CPU)
+    images, labels = sample(result.generator, 50, seed=1, device=CPU)
+    centre = images[:, :, 9:19, 9:19].float().mean(dim=(1, 2, 3))
+    predicted = (centre > 100).long()  # the real squares: ~20-60 (dark) vs ~180-220 (bright)
+    assert (predicted == labels).float().mean() > 0.9
+    assert len(result.history) == 25 and {"d_loss", "g_loss"} <= set(result.history[0])
+
+
+def test_generate_is_deterministic_for_a_seed():
+    gen = Generator(3, 1, 28, GanConfig(width=8))
+    a, la = sample(gen, 5, seed=7, device=CPU)
+    b, lb = sample(gen, 5, seed=7, device=CPU)
+    c, _ = sample(gen, 5, seed=8, device=CPU)
+    assert torch.equal(a, b) and torch.equal(la, lb) and a.dtype == torch.uint8
+    assert not torch.equal(a, c)
+    assert la.tolist() == [0] * 5 + [1] * 5 + [2] * 5
+
+
+def flat_features(n_features: int = 32) -> DomainFeatures:
+    torch.manual_seed(0)
+    projection = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, n_features))
+    return DomainFeatures(projection, [0.5], [0.5])
+
+
+def test_frechet_distance_of_a_set_with_itself_is_zero_and_grows_with_noise():
+    images = make_task(n_train=200, size=28).train.x
+    features = flat_features()
+    real = features.of(images)
+    same = fid_kid(real, real)
+    assert abs(same["fid"]) < 1e-3 and abs(same["kid"]) < 1e-3
+    gen = torch.Generator().manual_seed(0)
+    scores = []
+    for sigma in (10, 40, 80):
+        noisy = (images.float() + sigma * torch.randn(images.shape, generator=gen)).clamp(0, 255).to(torch.uint8)
+        scores.append(fid_kid(real, features.of(noisy))["fid"])
+    assert 0 < scores[0] < scores[1] < scores[2]
+
+
+def test_precision_recall_by_construction():
+    real = torch.randn(200, 2)
+    assert precision_recall(real, real.clone()) == (1.0, 1.0)
+    far = real + 100
+    assert precision_recall(real, far) == (0.0, 0.0)
+    collapsed = real[:1].repeat(200, 1) + 1e-3 * torch.randn(200, 2)  # all fakes at one real point
+    precision, recall = precision_recall(real, collapsed)
+    assert precision == 1.0 and recall < 0.1  # faithful but not diverse
