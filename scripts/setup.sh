@@ -33,4 +33,18 @@ if [ ! -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
     echo "setup: note: Fashion-MNIST not installed (need root for apt-get); prepare will try to download"
   fi
 fi
+
+# Headless Chromium for the MLflow UI check (finch.report.mlflow_ui, tests/test_mlflow_ui.py):
+# Debian's package (Playwright drives it; it never downloads a browser of its own).
+# --no-install-recommends keeps it to ~26 packages (~120 MB download) instead of ~130.
+if ! command -v chromium >/dev/null 2>&1 && [ -z "${FINCH_CHROMIUM:-}" ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing Debian's chromium (headless browser for the MLflow UI test)"
+    { apt-get update -qq >/dev/null \
+      && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium fonts-liberation >/dev/null; } \
+      || echo "setup: warning: could not install chromium; the MLflow UI test will be skipped"
+  else
+    echo "setup: note: chromium not installed (need root for apt-get); the MLflow UI test will be skipped"
+  fi
+fi
 export DVC_NO_ANALYTICS=1

@@ -123,15 +123,25 @@ def runs_csv(values):
 def test_verify_passes_within_tolerance_and_ignores_cost():
     fresh = runs_csv([0.70, 0.71])
     fresh.loc[fresh.kind == "cost", "value"] = 1.0
-    ok, report = verify(fresh, runs_csv([0.705, 0.71]), 0.01)
+    ok, report, table = verify(fresh, runs_csv([0.705, 0.71]), 0.01)
     assert ok and "reproduce" in report
+    assert list(table.columns[:7]) == ["stage", "variant", "seed", "metric", "committed", "fresh", "diff"]
 
 
 def test_verify_fails_with_a_table_of_differences():
-    ok, report = verify(runs_csv([0.70, 0.60]), runs_csv([0.70, 0.71]), 0.01)
+    ok, report, _ = verify(runs_csv([0.70, 0.60]), runs_csv([0.70, 0.71]), 0.01)
     assert not ok and "differs" in report and "0.6" in report
-    ok, report = verify(runs_csv([0.70]), runs_csv([0.70, 0.71]), 0.01)
+    ok, report, _ = verify(runs_csv([0.70]), runs_csv([0.70, 0.71]), 0.01)
     assert not ok and "missing in fresh run" in report
+
+
+def test_verify_fails_when_a_fresh_mean_leaves_the_committed_interval():
+    committed = runs_csv([0.700, 0.702, 0.701, 0.699, 0.700])
+    # every run moves by 0.009: within the per-run tolerance, but the mean leaves the narrow interval
+    ok, report, _ = verify(runs_csv([0.709, 0.711, 0.710, 0.708, 0.709]), committed, 0.01)
+    assert not ok and "outside the committed 95% interval" in report
+    ok, _, _ = verify(runs_csv([0.700, 0.702, 0.701, 0.699, 0.700]), committed, 0.01)
+    assert ok
 
 
 def test_paired_differences_pair_by_seed():
@@ -150,3 +160,82 @@ def test_paired_differences_pair_by_seed():
     lo, hi = stats.ttest_rel([0.55, 0.62, 0.47, 0.56], [0.50, 0.60, 0.40, 0.55]).confidence_interval(0.95)
     assert (d.t_low, d.t_high) == pytest.approx((lo, hi))
     assert d.p_improvement == 1.0
+
+
+def test_paired_tests_match_scipy_called_directly():
+    from finch.report.stats import paired_tests
+
+    d = np.array([0.012, 0.031, -0.004, 0.022, 0.017])
+    out = paired_tests(d)
+    assert out["t_p"] == pytest.approx(stats.ttest_1samp(d, 0.0).pvalue)
+    assert out["wilcoxon_p"] == pytest.approx(stats.wilcoxon(d, method="exact").pvalue)
+    assert out["wilcoxon_min_p"] == pytest.approx(0.0625)  # 2 / 2**5
+    assert out["note"] == ""
+
+
+def test_wilcoxon_floor_with_five_seeds():
+    from finch.report.stats import paired_tests
+
+    out = paired_tests([0.01, 0.02, 0.03, 0.04, 0.05])  # every seed better: the best 5 pairs can do
+    assert out["wilcoxon_p"] == pytest.approx(0.0625)
+    assert out["t_p"] < 0.05  # the t-test can resolve what Wilcoxon cannot
+
+
+def test_paired_tests_degenerate_cases_do_not_crash():
+    from finch.report.stats import paired_tests
+
+    same = paired_tests([0.02] * 5)  # identical differences: no spread
+    assert np.isnan(same["t_p"]) and "t-test and BCa undefined" in same["note"]
+    assert np.isnan(same["seeds_needed"])
+    none = paired_tests([0.0] * 5)
+    assert none["wilcoxon_p"] == 1.0 and none["seeds_needed"] == np.inf
+    one = paired_tests([0.1])
+    assert np.isnan(one["t_p"]) and np.isnan(one["wilcoxon_p"]) and "no test" in one["note"]
+    ties = paired_tests([0.01, 0.01, -0.02, 0.0, 0.03])
+    assert 0.0 < ties["wilcoxon_p"] <= 1.0 and "not exact" in ties["note"]
+
+
+def test_holm_against_hand_worked_example():
+    from finch.report.stats import holm_adjust
+
+    # sorted p: 0.01 (x4 = 0.04), 0.02 (x3 = 0.06), 0.03 (x2 = 0.06), 0.04 (x1 = 0.04 -> monotone 0.06)
+    p = [0.03, 0.01, 0.04, 0.02]
+    assert holm_adjust(p) == pytest.approx([0.06, 0.04, 0.06, 0.06])
+    with_nan = holm_adjust([0.01, np.nan, 0.04])  # NaN is not part of the family
+    assert with_nan[0] == pytest.approx(0.02) and np.isnan(with_nan[1]) and with_nan[2] == pytest.approx(0.04)
+
+
+def test_seeds_needed_against_statsmodels_and_monotone():
+    from statsmodels.stats.power import TTestPower
+
+    from finch.report.stats import seeds_needed
+
+    d = np.array([0.01, 0.03, -0.01, 0.02, 0.015])
+    effect = d.mean() / d.std(ddof=1)
+    expected = int(np.ceil(TTestPower().solve_power(effect_size=effect, alpha=0.05, power=0.8)))
+    assert seeds_needed(d) == expected
+    assert seeds_needed(d + 0.02) < seeds_needed(d)  # a bigger difference needs fewer seeds
+
+
+def test_comparison_family_is_holm_adjusted_per_stage_and_metric():
+    from finch.report.stats import adjust_family, paired_differences
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for variant, shift in (("base", 0.0), ("a", 0.05), ("b", 0.0), ("c", 0.02)):
+        for seed in range(5):
+            value = 0.7 + shift + rng.normal(0, 0.01)
+            rows.append({"stage": "s", "variant": variant, "seed": seed, "metric": "accuracy", "value": value})
+    runs = pd.DataFrame(rows)
+    diffs = adjust_family(paired_differences(runs, "s", "base", ["accuracy"], 0.95, 999, 0))
+    assert list(diffs.variant) == ["a", "b", "c"]
+    order = np.argsort(diffs.t_p.to_numpy())
+    adjusted = diffs.t_p_holm.to_numpy()[order]
+    assert np.all(np.diff(adjusted) >= 0) and np.all(diffs.t_p_holm >= diffs.t_p)
+    assert diffs.t_p_holm.iloc[0] == pytest.approx(min(1.0, 3 * diffs.t_p.iloc[0]))  # smallest p times 3
+
+
+def test_seeds_needed_for_a_huge_effect_is_the_minimum():
+    from finch.report.stats import seeds_needed
+
+    assert seeds_needed([0.5, 0.501, 0.499, 0.5, 0.5002]) == 2

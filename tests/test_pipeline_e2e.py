@@ -91,6 +91,31 @@ def test_smoke_outputs_and_records(smoke_repo):
     quality = json.loads((repo / "reports/synthetic_quality.json").read_text())
     assert set(quality["per_class"]) == {"T-shirt/top", "Pullover", "Coat", "Shirt"}
     assert quality["overall"]["fid"] > 0 and 0 <= quality["overall"]["precision"] <= 1
+    assert [r for r in runs if r[0] == "ablation"] == [("ablation", "focal", 0), ("ablation", "focal", 1)]
+    focal = next(r for r in records if r.data["stage"] == "ablation")
+    assert focal.data["params"]["recipe.loss.name"] == "focal"
+    assert "Recipe ablation" in results and "Ensembles of the seed models" in results
+    assert "Wilcoxon p (Holm)" in results and "seeds for 80%" in results
+    ensemble = json.loads((repo / "reports/runs/teacher/default/ensemble.json").read_text())
+    assert ensemble["seeds"] == [0, 1] and 0 <= ensemble["ensemble"]["accuracy"] <= 1
+    for path in [
+        "reports/explanations.png",
+        "reports/models/summary.json",
+        "reports/comparisons.csv",
+        "reports/headline.md",
+        "reports/plots/accuracy.csv",
+        "reports/plots/curves_student.csv",
+    ]:
+        assert (repo / path).is_file(), path
+
+
+def test_dvc_plots_and_metrics_render(smoke_repo):
+    repo, env = smoke_repo
+    run(["dvc", "plots", "show", "-o", "plots_html"], repo, env)
+    html = (repo / "plots_html" / "index.html").read_text()
+    assert "curves_student.csv::hard" in html and "test accuracy per variant" in html
+    metrics = run(["dvc", "metrics", "show", "--json"], repo, env).stdout
+    assert "teacher" in json.loads(metrics)[""]["data"]["reports/summary.json"]["data"]
 
 
 def test_mlflow_has_every_run(smoke_repo):
@@ -105,6 +130,7 @@ def test_mlflow_has_every_run(smoke_repo):
     expected += [f"student/{v}/seed={s}" for v in variants for s in (0, 1)]
     expected += [f"finetune/{v}/seed={s}" for v in TRANSFER_STRATEGIES for s in (0, 1)]
     expected += [f"augmented/{v}/seed={s}" for v in AUGMENTED for s in (0, 1)] + ["gan/seed=0"]
+    expected += ["ablation/focal/seed=0", "ablation/focal/seed=1"]
     assert sorted(seeds["tags.mlflow.runName"]) == sorted(expected)
     assert set(runs["status"]) == {"FINISHED"}
     assert seeds[seeds["tags.finch.stage"] != "gan"]["metrics.accuracy"].between(0, 1).all()
@@ -114,8 +140,16 @@ def test_mlflow_has_every_run(smoke_repo):
         + [f"student/{v}/summary" for v in variants]
         + [f"finetune/{v}/summary" for v in TRANSFER_STRATEGIES]
         + [f"augmented/{v}/summary" for v in AUGMENTED]
-        + ["gan/summary"]
+        + ["gan/summary", "ablation/focal/summary"]
     )
+    # the UI nests seed runs under their variant's summary run
+    parent_of = dict(zip(summaries["tags.mlflow.runName"], summaries["run_id"], strict=True))
+    for _, row in seeds.iterrows():
+        name = row["tags.mlflow.runName"].rsplit("/seed=", 1)[0]
+        assert row["tags.mlflow.parentRunId"] == parent_of[f"{name}/summary"], name
+    explain = runs[runs["tags.finch.stage"] == "explain"]
+    assert len(explain) == 1
+    assert {"explanations.png", "models"} <= {a.path for a in client_artifacts(explain["run_id"].iloc[0])}
     # side-by-side comparison in the UI: the variants are filterable by tag
     hard = seeds[seeds["tags.finch.variant"] == "hard"]
     assert len(hard) == 2 and hard["metrics.teacher_agreement"].between(0, 1).all()
@@ -124,6 +158,12 @@ def test_mlflow_has_every_run(smoke_repo):
     grids = client.list_artifacts(gan["run_id"].iloc[0], "sample_grids")
     assert len(grids) == 2  # one fixed-noise grid per epoch (smoke: 2 epochs)
     assert len(client.get_metric_history(gan["run_id"].iloc[0], "d_loss")) == 2
+
+
+def client_artifacts(run_id: str) -> list:
+    import mlflow
+
+    return mlflow.tracking.MlflowClient().list_artifacts(run_id)
 
 
 def repro_stages(repo, env) -> set[str]:
@@ -146,11 +186,20 @@ def test_second_repro_does_nothing_and_param_changes_rerun_only_what_depends(smo
     assert repro_stages(repo, env) == set()
     assert "up to date" in run(["dvc", "status"], repo, env).stdout
     set_param(repo, "student.recipe.batch_size", 16)
-    assert repro_stages(repo, env) == {"train_student", "aggregate"}
-    set_param(repo, "teacher.recipe.epochs", 1)  # the students learn from the teachers
-    assert repro_stages(repo, env) == {"train_teacher", "train_student", "train_augmented", "aggregate"}
+    assert repro_stages(repo, env) == {"train_student", "explain", "aggregate"}
+    set_param(repo, "ablation.run", ["focal", "l1"])
+    assert repro_stages(repo, env) == {"ablation", "aggregate"}
+    set_param(repo, "teacher.recipe.epochs", 1)  # students learn from teachers; ablations vary its recipe
+    assert repro_stages(repo, env) == {
+        "train_teacher",
+        "train_student",
+        "train_augmented",
+        "ablation",
+        "explain",
+        "aggregate",
+    }
     set_param(repo, "finetune.mlp_hidden", 32)  # a head parameter: the feature cache is reused
-    assert repro_stages(repo, env) == {"finetune", "aggregate"}
+    assert repro_stages(repo, env) == {"finetune", "explain", "aggregate"}  # explain summarises the finetune models
     set_param(repo, "synthetic.ratios", [1.0])  # the GAN is not retrained for another mix
     assert repro_stages(repo, env) == {"generate", "train_augmented", "aggregate"}
 

@@ -90,3 +90,33 @@ def test_unreachable_store_only_warns_and_sync_catches_up_later(tmp_path, store,
     assert "MLflow logging failed" in caplog.text
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert sync(find_records(tmp_path / "runs"), store, "test")["logged"] == 1
+
+
+def test_summary_run_is_parent_of_its_seed_runs(tmp_path, store):
+    import mlflow
+
+    for seed in (0, 1, 2):
+        fake_record(tmp_path / "runs", seed)
+    records = find_records(tmp_path / "runs")
+    summary = [
+        {"metric": "accuracy", "mean": 0.6, "std": 0.1, "t_low": 0.4, "t_high": 0.8, "boot_low": 0.5, "boot_high": 0.7}
+    ]
+    summaries = [{"stage": "teacher", "variant": "default", "rows": summary, "member_keys": [r.key for r in records]}]
+    assert sync(records, store, "test", summaries)["summaries"] == 1
+    assert sync(records, store, "test", summaries)["summaries"] == 0  # idempotent
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["finch-test"])
+    parents = runs[runs["tags.finch.kind"] == "summary"]
+    assert len(parents) == 1
+    parent_id = parents.iloc[0]["run_id"]
+    assert parents.iloc[0]["metrics.accuracy.t_low"] == pytest.approx(0.4)
+    children = runs[runs["tags.mlflow.parentRunId"] == parent_id]
+    assert sorted(children["tags.finch.seed"]) == ["0", "1", "2"]
+    assert set(children["tags.finch.variant"]) == {"default"}
+    # filtering by study, variant and seed works in MLflow's own query language
+    one = mlflow.search_runs(
+        experiment_names=["finch-test"],
+        filter_string="tags.`finch.stage` = 'teacher' AND tags.`finch.seed` = '1'",
+    )
+    assert len(one) == 1 and one.iloc[0]["tags.mlflow.parentRunId"] == parent_id

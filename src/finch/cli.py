@@ -91,8 +91,12 @@ def _verify(reference: str | None) -> int:
     fresh_path = Path("reports/runs.csv")
     if not fresh_path.is_file():
         raise FileNotFoundError(f"{fresh_path}: missing; run `dvc repro` first")
-    ok, report = verify(pd.read_csv(fresh_path), committed, cfg.verify.abs_tolerance)
+    ok, report, table = verify(pd.read_csv(fresh_path), committed, cfg.verify.abs_tolerance, cfg.aggregate.confidence)
     print(report)
+    out = Path(".finch/verify.csv")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out, index=False, float_format="%.10g")
+    print(f"verify: every run metric (committed, fresh, difference) is in {out}")
     return 0 if ok else 1
 
 

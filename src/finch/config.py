@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -71,6 +71,14 @@ class ModelConfig(Strict):
     name: str = Field("resnet18", description="a timm model name")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="extra timm.create_model arguments")
     small_input_stem: bool = Field(False, description="drop the stem's max-pool (for 28-64 px images)")
+    drop_rate: float | None = Field(None, ge=0.0, lt=1.0, description="dropout before the classifier; null = timm's")
+    drop_path_rate: float | None = Field(None, ge=0.0, lt=1.0, description="stochastic depth; null = timm's")
+    attn_drop_rate: float | None = Field(None, ge=0.0, lt=1.0, description="ViT attention dropout; null = timm's")
+
+    def timm_kwargs(self) -> dict[str, Any]:
+        """``kwargs`` plus the regularisation rates that are set."""
+        rates = {k: getattr(self, k) for k in ("drop_rate", "drop_path_rate", "attn_drop_rate")}
+        return {**self.kwargs, **{k: v for k, v in rates.items() if v is not None}}
 
 
 class OptimizerConfig(Strict):
@@ -104,6 +112,11 @@ class LossConfig(Strict):
     focal_gamma: float = Field(2.0, ge=0.0)
 
 
+class RandAugmentConfig(Strict):
+    num_ops: int = Field(0, ge=0, le=8, description="RandAugment operations per image; 0 = off")
+    magnitude: int = Field(9, ge=0, le=30)
+
+
 class AugmentConfig(Strict):
     flip: bool = True
     translate: int = Field(2, ge=0, description="max shift in pixels")
@@ -111,11 +124,24 @@ class AugmentConfig(Strict):
     mixup_alpha: float = Field(0.0, ge=0.0)
     cutmix_alpha: float = Field(0.0, ge=0.0)
     mix_prob: float = Field(1.0, ge=0.0, le=1.0)
+    randaugment: RandAugmentConfig = RandAugmentConfig()
 
 
 class EmaConfig(Strict):
     enabled: bool = False
     decay: float = Field(0.998, gt=0.0, lt=1.0)
+
+
+class PenaltyConfig(Strict):
+    weight: float = Field(0.0, ge=0.0, description="lambda of lambda * sum |w|^p added to the loss; 0 = off")
+    p: float = Field(1.0, gt=0.0, description="1 = L1 (sparsity), 2 = L2 (coupled, unlike weight_decay)")
+    params: str = Field(
+        r".*weight$", description="regex on parameter names (trainable ones only), e.g. '^fc\\.' for the head"
+    )
+
+
+class KFoldConfig(Strict):
+    k: int = Field(0, ge=0, description="0 = the fixed validation split; k >= 2 = k folds of train+val")
 
 
 class RecipeConfig(Strict):
@@ -126,6 +152,8 @@ class RecipeConfig(Strict):
     loss: LossConfig = LossConfig()
     augment: AugmentConfig = AugmentConfig()
     ema: EmaConfig = EmaConfig()
+    penalty: PenaltyConfig = PenaltyConfig()
+    kfold: KFoldConfig = KFoldConfig()
     grad_clip: float | None = Field(None, gt=0.0)
     early_stopping_patience: int = Field(0, ge=0, description="0 = off")
     select_on: Literal["val_accuracy", "val_loss"] = "val_accuracy"
@@ -172,7 +200,8 @@ class HardDistillConfig(Strict):
     alpha: float = Field(0.5, ge=0.0, le=1.0, description="weight of the teacher term (DeiT: 0.5)")
 
 
-STUDENT_VARIANTS = ("none", "soft", "hard", "class_token")
+StudentVariant = Literal["none", "soft", "hard", "class_token"]
+STUDENT_VARIANTS: tuple[str, ...] = get_args(StudentVariant)
 
 
 class StudentConfig(Strict):
@@ -184,9 +213,7 @@ class StudentConfig(Strict):
         "vit_tiny_patch16_224", description="timm ViT without a distillation token (class_token variant)"
     )
     pretrained: bool = Field(False, description="start from timm's weights (GPU profile)")
-    variants: list[Literal["none", "soft", "hard", "class_token"]] = Field(
-        default_factory=lambda: list(STUDENT_VARIANTS), min_length=1
-    )
+    variants: list[StudentVariant] = Field(default_factory=lambda: list(STUDENT_VARIANTS), min_length=1)
     soft: SoftDistillConfig = SoftDistillConfig()
     hard: HardDistillConfig = HardDistillConfig()
     class_token_signal: Literal["hard", "soft"] = "hard"
@@ -201,20 +228,6 @@ class LoraConfig(Strict):
     target_modules: str = Field(r".*\.attn\.(qkv|proj)", description="peft regex: the attention projections")
 
 
-TRANSFER_STRATEGIES = (
-    "linear_probe",
-    "mlp_probe",
-    "frozen_backbone",
-    "partial",
-    "full",
-    "lp_ft",
-    "scratch",
-    "vit_linear_probe",
-    "vit_last_block",
-    "vit_attention_only",
-    "vit_lora",
-    "vit_full",
-)
 TransferStrategy = Literal[
     "linear_probe",
     "mlp_probe",
@@ -229,6 +242,7 @@ TransferStrategy = Literal[
     "vit_lora",
     "vit_full",
 ]
+TRANSFER_STRATEGIES: tuple[str, ...] = get_args(TransferStrategy)
 
 
 class FinetuneConfig(Strict):
@@ -321,9 +335,39 @@ class AggregateConfig(Strict):
             "student": ["none"],
             "finetune": ["linear_probe", "scratch"],
             "augmented": ["teacher/default"],
+            "ablation": ["teacher/default"],
         },
         description="stage → variants (or other stage/variant) every variant is compared with, paired by seed",
     )
+
+
+class AblationConfig(Strict):
+    base: Literal["teacher"] = Field("teacher", description="the stage whose model and recipe are varied")
+    run: list[str] = Field(
+        default_factory=list, description="which named variants the stage trains (each over every seed)"
+    )
+    variants: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="name → overrides of the base's `model` and `recipe` (nested keys, merged); "
+        "the default profile lists the lab notes' tricks",
+    )
+
+    @model_validator(mode="after")
+    def _run_names_exist(self) -> AblationConfig:
+        missing = [name for name in self.run if name not in self.variants]
+        if missing:
+            raise ValueError(f"ablation.run names {missing} not in ablation.variants ({', '.join(self.variants)})")
+        for name, override in self.variants.items():
+            extra = set(override) - {"model", "recipe"}
+            if extra:
+                raise ValueError(f"ablation.variants.{name}: only `model` and `recipe` can be overridden, not {extra}")
+        return self
+
+
+class ExplainConfig(Strict):
+    images_per_class: int = Field(2, ge=1, le=16, description="fixed test images per class in the figure")
+    seed: int | None = Field(None, description="which seed's models to explain; null = the first of `seeds`")
+    student_variant: str = Field("hard", description="the student variant whose attention is shown")
 
 
 class VerifyConfig(Strict):
@@ -344,6 +388,8 @@ class FinchConfig(Strict):
     evaluate: EvaluateConfig = EvaluateConfig()
     tracking: TrackingConfig = TrackingConfig()
     aggregate: AggregateConfig = AggregateConfig()
+    ablation: AblationConfig = AblationConfig()
+    explain: ExplainConfig = ExplainConfig()
     verify: VerifyConfig = VerifyConfig()
 
     @model_validator(mode="after")
@@ -355,7 +401,33 @@ class FinchConfig(Strict):
                 "pretrain.weights is 'source' but data.source_classes is empty: "
                 "name source classes, or set pretrain.weights: timm"
             )
+        for name in self.ablation.run:
+            ablation_variant(self, name)  # raises with the variant's name and key
         return self
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """``base`` with ``override``'s keys replaced, recursing into nested mappings."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def ablation_variant(cfg: FinchConfig, name: str) -> tuple[ModelConfig, RecipeConfig]:
+    """The model and recipe of ablation variant ``name``: the base stage's, with its overrides."""
+    base = getattr(cfg, cfg.ablation.base)
+    override = cfg.ablation.variants[name]
+    try:
+        model = ModelConfig.model_validate(deep_merge(base.model.model_dump(), override.get("model", {})))
+        recipe = RecipeConfig.model_validate(deep_merge(base.recipe.model_dump(), override.get("recipe", {})))
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
+        raise ValueError(f"ablation.variants.{name}: {problems}") from None
+    return model, recipe
 
 
 def _format_error(path: Path, err: ValidationError, model: type[BaseModel]) -> str:

@@ -50,7 +50,7 @@ class TwoHeadStudent(nn.Module):
 def build_student(cfg: StudentConfig, variant: str, num_classes: int, in_chans: int) -> nn.Module:
     """The distilled ViT (two heads) for none/soft/hard; a plain ViT for class_token."""
     if variant == "class_token":
-        return build_model(ModelConfig(name=cfg.class_token_model, kwargs=cfg.model.kwargs), num_classes, in_chans)
+        return build_model(cfg.model.model_copy(update={"name": cfg.class_token_model}), num_classes, in_chans)
     vit = build_model(cfg.model, num_classes, in_chans, pretrained=cfg.pretrained)
     return TwoHeadStudent(vit)
 

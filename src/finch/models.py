@@ -17,14 +17,17 @@ def build_model(cfg: ModelConfig, num_classes: int, in_chans: int, pretrained: b
     """Create a timm model for ``in_chans``-channel images and ``num_classes`` classes."""
     try:
         model = timm.create_model(
-            cfg.name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans, **cfg.kwargs
+            cfg.name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans, **cfg.timm_kwargs()
         )
     except RuntimeError as err:
         if "Unknown model" in str(err):
             raise ModelError(f"model.name {cfg.name!r} is not a timm model ({err})") from None
         raise
     except TypeError as err:
-        raise ModelError(f"model.kwargs {cfg.kwargs} not accepted by timm's {cfg.name}: {err}") from None
+        raise ModelError(
+            f"model settings {cfg.timm_kwargs()} not accepted by timm's {cfg.name}: {err} "
+            "(kwargs, drop_rate, drop_path_rate and attn_drop_rate must be arguments this model takes)"
+        ) from None
     if cfg.small_input_stem:
         if not hasattr(model, "maxpool"):
             raise ModelError(f"model.small_input_stem needs a stem max-pool, which {cfg.name} has not")

@@ -12,7 +12,7 @@ import resource
 import shutil
 import subprocess
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -73,6 +73,7 @@ def train_variant(
     params_hash = config_hash(settings)
     commit = git_commit()
     written = []
+    test_probs = []
     for seed in seeds:
         key = run_key(variant.stage, variant.name, seed, params_hash)
         name = run_name(variant.stage, variant.name, seed)
@@ -82,19 +83,24 @@ def train_variant(
             torch.cuda.reset_peak_memory_stats(device)
         checkpoint = CHECKPOINT_ROOT / variant.stage / variant.name / f"seed={seed}.pt"
         objective = variant.objective(data, seed) if variant.objective else None
-        result = fit(
-            model,
-            data,
-            variant.recipe,
-            seed=seed,
-            device=device,
-            objective=objective,
-            checkpoint_path=checkpoint,
-            fingerprint=key,
-            progress=cfg.runtime.progress,
-            desc=name,
-        )
-        metrics, cost, confusion = test_once(result.model, objective, data, variant.recipe, cfg, device)
+        kfold = None
+        if variant.recipe.kfold.k >= 2:
+            result, kfold = fit_kfold(variant, data, seed, objective, device, cfg, checkpoint, key, name)
+        else:
+            result = fit(
+                model,
+                data,
+                variant.recipe,
+                seed=seed,
+                device=device,
+                objective=objective,
+                checkpoint_path=checkpoint,
+                fingerprint=key,
+                progress=cfg.runtime.progress,
+                desc=name,
+            )
+        metrics, cost, confusion, probs = test_once(result.model, objective, data, variant.recipe, cfg, device)
+        test_probs.append(probs)
         metrics["params_total"] += variant.frozen_outside
         folder = run_dir(runs_root, variant.stage, variant.name, seed)
         weights = Path(models_root) / variant.name / f"seed={seed}.safetensors"
@@ -132,17 +138,113 @@ def train_variant(
             "confusion": confusion,
             "weights": str(weights),
         }
+        if kfold is not None:
+            record["kfold"] = kfold
         write_record(folder, record, result.history)
         log.info("%s: test accuracy %.4f (best epoch %d)", name, metrics["accuracy"], result.best_epoch)
         written.append(folder)
     # checkpoints of finished seeds are kept until the whole variant is done: DVC deletes a
     # stage's outputs before re-running it, so an interrupted stage resumes from these
     shutil.rmtree(CHECKPOINT_ROOT / variant.stage / variant.name, ignore_errors=True)
+    if len(seeds) > 1:
+        write_ensemble(runs_root, variant, data, seeds, test_probs, cfg)
     return written
 
 
+def write_ensemble(runs_root: Path, variant: Variant, data: TaskData, seeds: list[int], probs: list, cfg) -> dict:
+    """The seed models as one ensemble (mean of their test probabilities), written next to
+    the seed runs as ``ensemble.json``: the ensemble's metrics and the single-model mean."""
+    import numpy as np
+
+    from finch.io import write_json
+
+    y = data.test.y.numpy()
+    ensemble, _ = classification_metrics(y, np.mean(probs, axis=0), data.class_names, cfg.evaluate.ece_bins)
+    singles = [classification_metrics(y, p, data.class_names, cfg.evaluate.ece_bins)[0] for p in probs]
+    out = {
+        "stage": variant.stage,
+        "variant": variant.name,
+        "seeds": list(seeds),
+        "ensemble": {k: ensemble[k] for k in HEAD_METRICS if k in ensemble},
+        "single_mean": {k: float(np.mean([m[k] for m in singles])) for k in HEAD_METRICS if k in ensemble},
+    }
+    write_json(Path(runs_root) / variant.stage / variant.name / "ensemble.json", out)
+    return out
+
+
+def kfold_splits(data: TaskData, k: int, seed: int) -> list[TaskData]:
+    """``k`` stratified folds of train + val (scikit-learn): fold ``f`` validates on its own
+    images and trains on the others; the test split is untouched."""
+    import numpy as np
+    from sklearn.model_selection import StratifiedKFold
+
+    from finch.data.splits import Split
+
+    x = torch.cat([data.train.x, data.val.x])
+    y = torch.cat([data.train.y, data.val.y])
+    folds = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(np.zeros(len(y)), y.numpy())
+    return [
+        replace(data, train=Split(x[tr], y[tr]), val=Split(x[va], y[va]))
+        for tr, va in ((torch.as_tensor(a), torch.as_tensor(b)) for a, b in folds)
+    ]
+
+
+def fit_kfold(variant: Variant, data: TaskData, seed: int, objective, device, cfg, checkpoint: Path, key: str, name):
+    """Train one model per fold; keep the fold whose model scores best on its own validation
+    fold (model selection), and report every fold's validation and test accuracy (the spread)."""
+    import numpy as np
+
+    from finch.evaluate import predict_heads
+
+    k = variant.recipe.kfold.k
+    results, val_acc, test_acc = [], [], []
+    for f, fold_data in enumerate(kfold_splits(data, k, seed)):
+        seed_everything(seed)
+        model = variant.build_model(seed)
+        result = fit(
+            model,
+            fold_data,
+            variant.recipe,
+            seed=seed,
+            device=device,
+            objective=objective,
+            checkpoint_path=checkpoint.with_name(f"{checkpoint.stem}-fold={f}.pt"),
+            fingerprint=f"{key}-fold{f}",
+            progress=cfg.runtime.progress,
+            desc=f"{name} fold {f + 1}/{k}",
+        )
+        best = result.history[result.best_epoch - 1]
+        val_acc.append(float(best["val_accuracy"]))
+        logits = (objective or Objective(variant.recipe.loss, data.num_classes, mixing=False)).logits
+        probs, _ = predict_heads(
+            result.model, data.test, data.to_inputs, variant.recipe.eval_batch_size, device, {"main": logits}
+        )
+        test_acc.append(float((probs["main"].argmax(1) == data.test.y.numpy()).mean()))
+        results.append(result)
+    chosen = int(np.argmax(val_acc))
+    summary = {
+        "k": k,
+        "selected_fold": chosen,
+        "val_accuracy": val_acc,
+        "test_accuracy": test_acc,
+        "val_accuracy_mean": float(np.mean(val_acc)),
+        "val_accuracy_std": float(np.std(val_acc, ddof=1)),
+        "test_accuracy_std": float(np.std(test_acc, ddof=1)),
+    }
+    log.info(
+        "%s: %d-fold validation accuracy %.4f ± %.4f (fold %d selected)",
+        name,
+        k,
+        summary["val_accuracy_mean"],
+        summary["val_accuracy_std"],
+        chosen,
+    )
+    return results[chosen], summary
+
+
 def test_once(model, objective: Objective | None, data: TaskData, recipe: RecipeConfig, cfg: FinchConfig, device):
-    """Evaluate the selected model on the test split, once: metrics, cost and confusion matrix.
+    """Evaluate the selected model on the test split, once: metrics, cost, confusion matrix and
+    the test probabilities (for ensembles).
 
     The reported prediction is ``objective.logits``; extra heads (a distilled student's class
     and distillation heads) add their headline metrics with the head as suffix; a teacher
@@ -168,4 +270,4 @@ def test_once(model, objective: Objective | None, data: TaskData, recipe: Recipe
         )
         metrics.update(extra_metrics)
         cost.update(extra_cost)
-    return metrics, cost, confusion
+    return metrics, cost, confusion, probs["main"]

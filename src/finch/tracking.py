@@ -20,6 +20,7 @@ from finch.runs import RunRecord, read_record
 
 log = logging.getLogger(__name__)
 KEY_TAG = "finch.run_key"
+PARENT_TAG = "mlflow.parentRunId"
 
 
 def tracking_uri(cfg: TrackingConfig, root: Path | None = None) -> str:
@@ -62,16 +63,19 @@ class Tracker:
             if not token:
                 return runs
 
-    def logged_keys(self) -> set[str]:
-        """Run keys of completely logged runs; half-logged leftovers are deleted."""
-        keys = set()
+    def logged_runs(self) -> dict:
+        """Run key → run, for completely logged runs; half-logged leftovers are deleted."""
+        runs = {}
         for run in self.search("tags.`finch.stage` LIKE '%'"):
             key = run.data.tags.get(KEY_TAG)
             if key and run.info.status == "FINISHED":
-                keys.add(key)
+                runs[key] = run
             elif run.info.status != "RUNNING":
                 self.client.delete_run(run.info.run_id)
-        return keys
+        return runs
+
+    def logged_keys(self) -> set[str]:
+        return set(self.logged_runs())
 
     def log_record(self, rec: RunRecord) -> str:
         """Log one run: params, tags, per-epoch curves, metrics, figures and weights."""
@@ -122,38 +126,49 @@ class Tracker:
         return run_id
 
     def log_summary(
-        self, stage: str, variant: str, summary_rows: list[dict], member_keys: list[str], present: set[str]
+        self, stage: str, variant: str, summary_rows: list[dict], member_keys: list[str], present: dict
     ) -> bool:
-        """One summary run per (stage, variant): mean, std and interval bounds as metrics."""
+        """One summary run per (stage, variant): mean, std and interval bounds as metrics; the
+        seed runs become its children (``mlflow.parentRunId``), so the UI nests them.
+
+        ``present``: run key → run, from :meth:`logged_runs`. Returns whether a summary was created.
+        """
         from mlflow.entities import Metric
 
         from finch.runs import run_key
 
         key = run_key(stage, variant, -1, ",".join(sorted(member_keys)))
-        if key in present:
-            return False
-        name = stage if variant == "default" else f"{stage}/{variant}"
-        run = self.client.create_run(
-            self.experiment_id,
-            run_name=f"{name}/summary",
-            tags={
-                "finch.stage": stage,
-                "finch.variant": variant,
-                "finch.kind": "summary",
-                "finch.seeds": str(len(member_keys)),
-            },
-        )
-        now = int(time.time() * 1000)
-        metrics = []
-        for r in summary_rows:
-            for stat in ("mean", "std", "t_low", "t_high", "boot_low", "boot_high"):
-                value = r[stat]
-                if value == value:  # skip NaN
-                    metrics.append(Metric(f"{r['metric']}.{stat}", float(value), now, 0))
-        _log_batches(self.client, run.info.run_id, metrics, [])
-        self.client.set_tag(run.info.run_id, KEY_TAG, key)
-        self.client.set_terminated(run.info.run_id, "FINISHED")
-        return True
+        created = key not in present
+        if created:
+            name = stage if variant == "default" else f"{stage}/{variant}"
+            run = self.client.create_run(
+                self.experiment_id,
+                run_name=f"{name}/summary",
+                tags={
+                    "finch.stage": stage,
+                    "finch.variant": variant,
+                    "finch.kind": "summary",
+                    "finch.seeds": str(len(member_keys)),
+                },
+            )
+            parent_id = run.info.run_id
+            now = int(time.time() * 1000)
+            metrics = []
+            for r in summary_rows:
+                for stat in ("mean", "std", "t_low", "t_high", "boot_low", "boot_high"):
+                    value = r[stat]
+                    if value == value:  # skip NaN
+                        metrics.append(Metric(f"{r['metric']}.{stat}", float(value), now, 0))
+            _log_batches(self.client, parent_id, metrics, [])
+            self.client.set_tag(parent_id, KEY_TAG, key)
+            self.client.set_terminated(parent_id, "FINISHED")
+        else:
+            parent_id = present[key].info.run_id
+        for member in member_keys:
+            child = present.get(member)
+            if child is not None and child.data.tags.get(PARENT_TAG) != parent_id:
+                self.client.set_tag(child.info.run_id, PARENT_TAG, parent_id)
+        return created
 
 
 def _log_batches(client, run_id: str, metrics: list, params: list) -> None:
@@ -172,10 +187,12 @@ def sync(
     ``summaries``: dicts with stage, variant, rows (summary rows) and member_keys.
     """
     tracker = Tracker(cfg, profile)
-    present = tracker.logged_keys()
+    present = tracker.logged_runs()
     missing = [rec for rec in records if rec.key not in present]
     for rec in missing:
         tracker.log_record(rec)
+    if summaries and missing:  # the summaries adopt the runs just logged
+        present = tracker.logged_runs()
     n_summaries = sum(
         tracker.log_summary(s["stage"], s["variant"], s["rows"], s["member_keys"], present) for s in summaries or []
     )

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from finch.config import FinchConfig
 from finch.errors import ConfigError
 from finch.pipeline.common import PREPARED, REPORTS, RUNS, log
+
+README = Path("README.md")
 
 
 def aggregate(cfg: FinchConfig) -> None:
@@ -19,8 +23,25 @@ def aggregate(cfg: FinchConfig) -> None:
         records, PREPARED / "card.json", REPORTS, cfg.aggregate, quality_path=REPORTS / "synthetic_quality.json"
     )
     log.info("wrote %s (%d runs)", REPORTS / "results.md", len(records))
+    write_headline(REPORTS, README)
     if cfg.tracking.enabled:
         sync_mlflow(cfg, records, summary)
+
+
+def write_headline(reports, readme) -> None:
+    """reports/headline.md from summary.json and comparisons.csv, copied into the README."""
+    from finch.io import write_text
+    from finch.report.headline import render_from_reports, update_readme
+
+    table = render_from_reports(reports)
+    write_text(reports / "headline.md", table)
+    if readme.is_file():
+        try:
+            changed = update_readme(readme, table)
+        except ValueError as err:
+            log.warning("%s", err)
+        else:
+            log.info("%s: headline table %s", readme, "updated" if changed else "unchanged")
 
 
 def sync_mlflow(cfg: FinchConfig, records=None, summary=None) -> None:
@@ -29,6 +50,12 @@ def sync_mlflow(cfg: FinchConfig, records=None, summary=None) -> None:
     from finch.tracking import sync, tracking_uri
 
     records = records if records is not None else find_records(RUNS)
+    if summary is None:  # `finch sync`: the same summary runs the aggregate logs
+        from finch.report.results import runs_table
+        from finch.report.stats import summarize
+
+        agg = cfg.aggregate
+        summary = summarize(runs_table(records), agg.confidence, agg.bootstrap_resamples, agg.bootstrap_seed)
     summaries = []
     if summary is not None:
         for (stage, variant), rows in summary.groupby(["stage", "variant"]):

@@ -2,37 +2,39 @@
 
 from __future__ import annotations
 
-from finch.config import FinchConfig
+from finch.config import FinchConfig, ModelConfig, RecipeConfig
 from finch.pipeline.common import BACKBONE, MODELS, PREPARED, RUNS, file_hash
+
+
+def backbone_cnn_variant(stage: str, name: str, model_cfg: ModelConfig, recipe: RecipeConfig, data):
+    """A CNN fine-tuned from the pretrained backbone with ``recipe``: the teacher, and every
+    recipe variant of the ablation stage."""
+    from finch.models import build_model, load_backbone
+    from finch.study import Variant
+
+    def build(seed):
+        model = build_model(model_cfg, data.num_classes, data.in_chans)
+        load_backbone(model, BACKBONE)
+        return model
+
+    return Variant(
+        stage=stage,
+        name=name,
+        build_model=build,
+        recipe=recipe,
+        settings={"model": model_cfg.model_dump(), "recipe": recipe.model_dump(), "backbone_hash": file_hash(BACKBONE)},
+    )
 
 
 def train_teacher(cfg: FinchConfig) -> None:
     """Fine-tune the CNN teacher from the pretrained backbone, once per seed."""
     from finch.data.splits import load_task
-    from finch.models import build_model, load_backbone
-    from finch.study import Variant, train_variant
+    from finch.study import train_variant
     from finch.tracking import log_runs_safely
     from finch.train.runtime import configure
 
     device = configure(cfg.runtime)
     data = load_task(PREPARED, "target")
-    tc = cfg.teacher
-
-    def build(seed):
-        model = build_model(tc.model, data.num_classes, data.in_chans)
-        load_backbone(model, BACKBONE)
-        return model
-
-    variant = Variant(
-        stage="teacher",
-        name="default",
-        build_model=build,
-        recipe=tc.recipe,
-        settings={
-            "model": tc.model.model_dump(),
-            "recipe": tc.recipe.model_dump(),
-            "backbone_hash": file_hash(BACKBONE),
-        },
-    )
+    variant = backbone_cnn_variant("teacher", "default", cfg.teacher.model, cfg.teacher.recipe, data)
     folders = train_variant(variant, data, cfg.seeds, cfg, device, RUNS, MODELS / "teacher")
     log_runs_safely(folders, cfg.tracking, cfg.profile)

@@ -150,10 +150,13 @@ def pareto_figure(points: list[dict], path: Path | str, title: str = "") -> None
     _save(fig, path)
 
 
-def forest_figure(rows: list[dict], metric: str, path: Path | str) -> None:
+def forest_figure(
+    rows: list[dict], metric: str, path: Path | str, title: str | None = None, zero: bool = False
+) -> None:
     """Mean with the t interval (thick) and bootstrap interval (thin) per group.
 
-    ``rows``: dicts with label, mean, t_low, t_high, boot_low, boot_high, n.
+    ``rows``: dicts with label, mean, t_low, t_high, boot_low, boot_high, n. ``zero``: draw
+    the no-difference line (for paired differences).
     """
     fig, ax = plt.subplots(figsize=(6.5, 0.55 * len(rows) + 1.2))
     labelled: set[str] = set()
@@ -177,5 +180,7 @@ def forest_figure(rows: list[dict], metric: str, path: Path | str) -> None:
     ax.set_xlabel(metric)
     ax.grid(axis="x", alpha=0.3)
     ax.legend(fontsize=7, loc="best")
-    ax.set_title(f"{metric}: mean and 95% intervals over seeds")
+    if zero:
+        ax.axvline(0.0, color="grey", lw=1, ls="--")
+    ax.set_title(title or f"{metric}: mean and 95% intervals over seeds")
     _save(fig, path)

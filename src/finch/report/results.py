@@ -14,7 +14,8 @@ import pandas as pd
 from finch.config import AggregateConfig
 from finch.io import read_json, write_json, write_text, write_with
 from finch.report import figures
-from finch.report.stats import paired_differences, summarize
+from finch.report.plots import write_plot_data
+from finch.report.stats import ALPHA, POWER, adjust_family, paired_differences, summarize
 from finch.runs import RunRecord
 
 STAGE_TITLES = {
@@ -23,8 +24,15 @@ STAGE_TITLES = {
     "student": "Distilled ViT student (DeiT-style)",
     "finetune": "Transfer learning: which layers to train",
     "augmented": "Synthetic images: how good they are, and what they add",
+    "ablation": "Recipe ablation: one knob at a time against the teacher's recipe",
 }
 STAGE_NOTES = {
+    "ablation": (
+        "Each variant is the teacher's model and recipe with the overrides named in `ablation.variants` "
+        "(params.yaml), trained from the same pretrained backbone with the same seeds; the reference is the "
+        "teacher itself, so each paired difference isolates one knob. Listing more names in `ablation.run` "
+        "trains more variants."
+    ),
     "student": (
         "Variants: `none` (no teacher; both heads trained on the labels, prediction = their average), "
         "`soft` and `hard` (DeiT's distillation token with the soft KL or hard-label teacher term), "
@@ -83,9 +91,13 @@ def _interval(lo: float, hi: float, digits: int = 4) -> str:
     return "—" if math.isnan(lo) else f"[{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
-def summary_json(summary: pd.DataFrame) -> dict:
-    """Nested stage → variant → metric → {n, mean, std, t and bootstrap bounds}."""
+def summary_json(summary: pd.DataFrame, metrics: list[str] | None = None) -> dict:
+    """Nested stage → variant → metric → {n, mean, std, t and bootstrap bounds}; only
+    ``metrics`` when given (summary.json holds the headline metrics so that `dvc metrics show`
+    stays readable; summary.csv holds every metric)."""
     out: dict = {}
+    if metrics is not None:
+        summary = summary[summary.metric.isin(metrics)]
     for r in summary.itertuples(index=False):
         entry = {"n": int(r.n), "mean": r.mean}
         for key in ("std", "t_low", "t_high", "boot_low", "boot_high"):
@@ -149,7 +161,12 @@ def write_reports(
     table = runs_table(records)
     write_with(out / "runs.csv", lambda tmp: table.to_csv(tmp, index=False, float_format="%.10g"))
     summary = summarize(table, cfg.confidence, cfg.bootstrap_resamples, cfg.bootstrap_seed)
-    write_json(out / "summary.json", summary_json(summary))
+    write_json(out / "summary.json", summary_json(summary, cfg.headline_metrics))
+    write_with(out / "summary.csv", lambda tmp: summary.to_csv(tmp, index=False, float_format="%.10g"))
+    families = all_comparisons(table, summary, cfg)
+    comparisons = pd.concat([f for f in families.values() if not f.empty] or [pd.DataFrame()], ignore_index=True)
+    write_with(out / "comparisons.csv", lambda tmp: comparisons.to_csv(tmp, index=False, float_format="%.10g"))
+    write_plot_data(records, summary, out / "plots")
 
     fig_dir = out / "figures"
     card = read_json(card_path) if Path(card_path).is_file() else None
@@ -191,7 +208,8 @@ def write_reports(
                 quality = read_json(quality_path) if quality_path and Path(quality_path).is_file() else None
                 lines += _synthetic_section(gan_records, quality, fig_dir)
             if len(variants) > 1 or cfg.baselines.get(stage):
-                lines += _comparison_section(stage, variants, table, summary, cfg, fig_dir)
+                lines += _comparison_section(stage, variants, table, summary, cfg, fig_dir, families)
+            lines += _ensemble_section(variants)
         group = summary[(summary.stage == stage) & (summary.variant == variant)]
         label = stage if variant == "default" else f"{stage}/{variant}"
         slug = label.replace("/", "_")
@@ -205,6 +223,7 @@ def write_reports(
         lines += ["", "Per seed:", ""]
         lines += _per_seed_table(recs, cfg.headline_metrics)
         lines += ["", *_cost_table(group), ""]
+        lines += _kfold_lines(recs)
 
         confusion = np.sum([np.asarray(r.data["confusion"]) for r in recs], axis=0)
         figures.confusion_figure(
@@ -257,10 +276,11 @@ def _comparison_section(
     summary: pd.DataFrame,
     cfg: AggregateConfig,
     fig_dir: Path,
+    families: dict[str, pd.DataFrame],
 ) -> list[str]:
     """Variants side by side, paired differences against the stage's baselines, curves."""
     pct = f"{cfg.confidence:.0%}"
-    baselines = [b for b in cfg.baselines.get(stage, []) if b in variants or _exists(b, summary)]
+    baselines = present_baselines(stage, summary, cfg)
     order = sorted(variants, key=lambda v: (v not in baselines, list(variants).index(v)))
     present = set(summary[summary.stage == stage].metric)
     columns = [c for c in OPTIONAL_COLUMNS if c[0] in present]
@@ -287,30 +307,30 @@ def _comparison_section(
     for b in baselines:
         if "/" in b:  # a baseline from another stage: show it as a reference row
             lines.append(accuracy_row(*b.split("/", 1), f"*{b} (reference)*"))
+    family = families[stage]
     for baseline in baselines:
-        diffs = paired_differences(
-            table[table.kind == "metrics"],
-            stage,
-            baseline,
-            cfg.headline_metrics,
-            cfg.confidence,
-            cfg.bootstrap_resamples,
-            cfg.bootstrap_seed,
+        diffs = family[family.baseline == baseline]
+        lines += ["", f"Paired differences against `{baseline}` (same seeds; variant minus {baseline}):", ""]
+        lines += _comparison_table(diffs, pct)
+        lines += ["", *_verdicts(diffs[diffs.metric == "accuracy"], baseline, pct), ""]
+    if not family.empty:
+        rows = [
+            {**r, "label": f"{r['variant']} − {r['baseline']}", "mean": r["mean_diff"]}
+            for r in family[family.metric == "accuracy"].to_dict("records")
+        ]
+        figures.forest_figure(
+            rows,
+            "accuracy difference",
+            fig_dir / f"{stage}_paired_differences.png",
+            title=f"{stage}: paired accuracy differences over seeds",
+            zero=True,
         )
         lines += [
+            COMPARISON_NOTE.format(pct=pct, power=f"{POWER:.0%}", alpha=ALPHA),
             "",
-            f"Paired differences against `{baseline}` (same seeds; variant minus {baseline}):",
+            f"![{stage}: paired accuracy differences](figures/{stage}_paired_differences.png)",
             "",
-            f"| variant | metric | n | mean difference | {pct} paired t interval | {pct} bootstrap | "
-            "seeds where variant is higher |",
-            "|---|---|---:|---:|---|---|---:|",
         ]
-        for r in diffs.itertuples(index=False):
-            lines.append(
-                f"| {r.variant} | {r.metric} | {r.n} | {r.mean_diff:+.4f} | {_interval(r.t_low, r.t_high)} | "
-                f"{_interval(r.boot_low, r.boot_high)} | {r.p_improvement:.0%} |"
-            )
-        lines += ["", *_verdicts(diffs[diffs.metric == "accuracy"], baseline, pct), ""]
     curves = {v: _mean_curve(variants[v]) for v in order}
     figures.variant_curves_figure(curves, fig_dir / f"{stage}_variants_curves.png", title=f"{stage}: mean over seeds")
     lines += [f"![{stage} variants: validation accuracy per epoch](figures/{stage}_variants_curves.png)", ""]
@@ -343,6 +363,135 @@ def _comparison_section(
             "",
         ]
     return lines
+
+
+COMPARISON_NOTE = (
+    "How to read these: the paired t interval is the primary {pct} interval of the mean difference; the "
+    "percentile bootstrap from so few seeds under-covers (it is narrower than it should be). p-values are "
+    "two-sided, Holm-adjusted across every comparison this study declares for that metric (`aggregate."
+    "baselines` in params.yaml). The exact Wilcoxon test cannot go below 2/2^n (0.0625 with 5 seeds), so "
+    "it can never reject at alpha {alpha} with 5 seeds. *P(higher)*: the share of seeds where the variant "
+    "beats the baseline. *seeds for {power}*: paired seeds a t-test would need to resolve the observed "
+    "difference at {power} power (alpha {alpha}), taking the observed spread as the truth — a rough "
+    "planning number, ∞ where no difference was seen."
+)
+
+
+def study_comparisons(table: pd.DataFrame, stage: str, baselines: list[str], cfg: AggregateConfig) -> pd.DataFrame:
+    """Every declared comparison of ``stage`` (each variant against each baseline), paired by
+    seed, with Holm-adjusted p-values over the study's family (per metric)."""
+    parts = [
+        paired_differences(
+            table[table.kind == "metrics"],
+            stage,
+            baseline,
+            cfg.headline_metrics,
+            cfg.confidence,
+            cfg.bootstrap_resamples,
+            cfg.bootstrap_seed,
+        )
+        for baseline in baselines
+    ]
+    parts = [p for p in parts if not p.empty]
+    if not parts:
+        return pd.DataFrame(columns=["stage", "variant", "baseline", "metric"])
+    return adjust_family(pd.concat(parts, ignore_index=True))
+
+
+def _p(x: float) -> str:
+    if x is None or math.isnan(x):
+        return "—"
+    return f"{x:.3f}" if x >= 0.001 else f"{x:.1e}"
+
+
+def _seeds(x: float) -> str:
+    if x is None or math.isnan(x):
+        return "—"
+    return "∞" if math.isinf(x) else f"{int(x)}"
+
+
+def _comparison_table(diffs: pd.DataFrame, pct: str) -> list[str]:
+    lines = [
+        f"| variant | metric | n | mean difference | {pct} paired t interval | {pct} bootstrap | P(higher) | "
+        "t-test p (Holm) | Wilcoxon p (Holm) | seeds for 80% | note |",
+        "|---|---|---:|---:|---|---|---:|---|---|---:|---|",
+    ]
+    for r in diffs.itertuples(index=False):
+        lines.append(
+            f"| {r.variant} | {r.metric} | {r.n} | {r.mean_diff:+.4f} | {_interval(r.t_low, r.t_high)} | "
+            f"{_interval(r.boot_low, r.boot_high)} | {r.p_improvement:.0%} | {_p(r.t_p)} ({_p(r.t_p_holm)}) | "
+            f"{_p(r.wilcoxon_p)} ({_p(r.wilcoxon_p_holm)}) | {_seeds(r.seeds_needed)} | {r.note} |"
+        )
+    return lines
+
+
+def present_baselines(stage: str, summary: pd.DataFrame, cfg: AggregateConfig) -> list[str]:
+    """The stage's declared baselines that have runs (a variant, or another stage's "stage/variant")."""
+    variants = set(summary[summary.stage == stage].variant)
+    return [b for b in cfg.baselines.get(stage, []) if b in variants or _exists(b, summary)]
+
+
+def all_comparisons(table: pd.DataFrame, summary: pd.DataFrame, cfg: AggregateConfig) -> dict[str, pd.DataFrame]:
+    """stage → its comparison family (see :func:`study_comparisons`)."""
+    return {
+        stage: study_comparisons(table, stage, present_baselines(stage, summary, cfg), cfg)
+        for stage in sorted(set(summary.stage))
+    }
+
+
+def ensembles(records: list[RunRecord]) -> list[dict]:
+    """The ``ensemble.json`` files written next to the seed runs of each variant."""
+    seen, out = set(), []
+    for rec in records:
+        path = Path(rec.path).parent / "ensemble.json"
+        if path not in seen and path.is_file():
+            seen.add(path)
+            out.append(read_json(path))
+    return out
+
+
+def _ensemble_section(variants: dict[str, list[RunRecord]]) -> list[str]:
+    """Each variant's seed models averaged (probabilities) next to the single-model mean."""
+    found = ensembles([r for recs in variants.values() for r in recs])
+    if not found:
+        return []
+    lines = [
+        "Ensembles of the seed models (mean of their test probabilities) against the mean single model:",
+        "",
+        "| variant | models | single-model accuracy (mean) | ensemble accuracy | gain | single ECE | ensemble ECE |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for e in found:
+        single, ens = e["single_mean"], e["ensemble"]
+        lines.append(
+            f"| {e['variant']} | {len(e['seeds'])} | {single['accuracy']:.4f} | {ens['accuracy']:.4f} | "
+            f"{ens['accuracy'] - single['accuracy']:+.4f} | {_fmt(single.get('ece', float('nan')))} | "
+            f"{_fmt(ens.get('ece', float('nan')))} |"
+        )
+    return [*lines, ""]
+
+
+def _kfold_lines(recs: list[RunRecord]) -> list[str]:
+    """The fold spread of k-fold model selection, per seed (when ``recipe.kfold.k`` >= 2)."""
+    folded = [r for r in recs if "kfold" in r.data]
+    if not folded:
+        return []
+    k = folded[0].data["kfold"]["k"]
+    lines = [
+        f"{k}-fold model selection (train + validation split into {k} folds; the fold with the best validation "
+        "accuracy is the seed's model):",
+        "",
+        "| seed | validation accuracy per fold | mean ± std | test accuracy std over folds | selected fold |",
+        "|---:|---|---|---:|---:|",
+    ]
+    for r in sorted(folded, key=lambda r: r.data["seed"]):
+        kf = r.data["kfold"]
+        per_fold = ", ".join(f"{v:.3f}" for v in kf["val_accuracy"])
+        lines.append(
+            f"| {r.data['seed']} | {per_fold} | {kf['val_accuracy_mean']:.4f} ± {kf['val_accuracy_std']:.4f} | "
+            f"{kf['test_accuracy_std']:.4f} | {kf['selected_fold']} |"
+        )
+    return [*lines, ""]
 
 
 def _exists(stage_variant: str, summary: pd.DataFrame) -> bool:
@@ -395,26 +544,34 @@ def _synthetic_section(gan_records: list[RunRecord], quality: dict | None, fig_d
 
 
 def _verdicts(diffs: pd.DataFrame, baseline: str, pct: str) -> list[str]:
-    """One plain sentence per variant, read off its paired t interval on accuracy."""
+    """One plain sentence per variant: its paired t interval on accuracy, the Holm-adjusted
+    p-value, and how many seeds the observed difference would need."""
     out = []
     for r in diffs.itertuples(index=False):
+        holm = f"Holm-adjusted t-test p = {_p(r.t_p_holm)}"
         if math.isnan(r.t_low):
             out.append(f"- `{r.variant}` vs `{baseline}`: too few paired seeds (n={r.n}) for an interval.")
-        elif r.t_low > 0:
+        elif r.t_low > 0 or r.t_high < 0:
+            word = "beats" if r.t_low > 0 else "is worse than"
+            adjusted = "" if r.t_p_holm < ALPHA else "; not significant once the family is Holm-adjusted"
             out.append(
-                f"- `{r.variant}` beats `{baseline}` on accuracy by {r.mean_diff:+.4f} "
-                f"(the {pct} paired interval excludes 0, n={r.n})."
-            )
-        elif r.t_high < 0:
-            out.append(
-                f"- `{r.variant}` is worse than `{baseline}` on accuracy by {r.mean_diff:+.4f} "
-                f"(the {pct} paired interval excludes 0, n={r.n})."
+                f"- `{r.variant}` {word} `{baseline}` on accuracy by {r.mean_diff:+.4f} "
+                f"(the {pct} paired interval excludes 0, n={r.n}; {holm}{adjusted})."
             )
         else:
+            need = _seeds(r.seeds_needed)
             out.append(
                 f"- `{r.variant}` vs `{baseline}`: {r.mean_diff:+.4f} accuracy, but the {pct} paired interval "
-                f"contains 0 (n={r.n}): no difference resolved at this number of seeds."
+                f"contains 0 (n={r.n}; {holm}): no difference resolved at this number of seeds; about {need} "
+                f"paired seeds would be needed to resolve a difference this size at {POWER:.0%} power."
             )
+    floors = diffs.wilcoxon_min_p.dropna()
+    if not floors.empty and floors.min() > ALPHA:
+        n = int(diffs.n.max())
+        out.append(
+            f"- With {n} paired seeds the exact Wilcoxon test cannot reach p < {ALPHA} (its smallest possible "
+            f"p-value is {floors.min():.4g}); only the t-based numbers can resolve a difference here."
+        )
     return out
 
 

@@ -1,14 +1,22 @@
-"""Intervals over seeds, from scipy.stats.
+"""Intervals and paired tests over seeds, from scipy.stats and statsmodels.
 
 Degenerate cases are answered honestly rather than crashing: one value has no
-interval (NaN); identical values have a zero-width interval.
+interval (NaN); identical values have a zero-width interval; a test that cannot be
+computed gives NaN and a note that says why.
 """
 
 from __future__ import annotations
 
+import math
+import warnings
+
 import numpy as np
 import pandas as pd
 from scipy import stats
+
+POWER = 0.8
+MAX_SEEDS = 1_000_000  # beyond this, report infinity
+ALPHA = 0.05
 
 
 def t_interval(values, confidence: float = 0.95) -> tuple[float, float]:
@@ -108,6 +116,95 @@ def paired_differences(
                 "mean_diff": float(d.mean()) if len(d) else np.nan,
                 **both_intervals(d, confidence, n_resamples, seed),
                 "p_improvement": float((d > 0).mean()) if len(d) else np.nan,
+                **paired_tests(d),
             }
         )
     return pd.DataFrame(rows)
+
+
+def paired_tests(d) -> dict:
+    """Paired t-test and exact Wilcoxon signed-rank p-values of the differences ``d``,
+    the smallest Wilcoxon p-value ``n`` pairs can reach, the seeds needed to resolve the
+    observed mean difference at 80% power (two-sided, alpha 0.05), and a note on what
+    cannot be decided.
+    """
+    d = np.asarray(d, dtype=float)
+    n = len(d)
+    notes = []
+    out = {"t_p": np.nan, "wilcoxon_p": np.nan, "wilcoxon_min_p": np.nan, "seeds_needed": np.nan}
+    if n < 2:
+        out["note"] = f"{n} paired seed(s): no test"
+        return out
+    out["wilcoxon_min_p"] = 2.0 / 2**n  # all signs equal: the exact two-sided minimum
+    if np.all(d == d[0]):
+        notes.append("identical differences in every seed: t-test and BCa undefined")
+    else:
+        out["t_p"] = float(stats.ttest_1samp(d, 0.0).pvalue)
+    nonzero = d[d != 0]
+    if len(nonzero) == 0:
+        out["wilcoxon_p"] = 1.0
+        notes.append("no seed differs: Wilcoxon p = 1")
+    else:
+        with warnings.catch_warnings():  # ties or zeros: scipy falls back and says so; noted below
+            warnings.simplefilter("ignore")
+            exact = len(nonzero) == n and len(np.unique(np.abs(d))) == n
+            method = "exact" if exact else "auto"
+            out["wilcoxon_p"] = float(stats.wilcoxon(d, method=method).pvalue)
+        if not exact:
+            notes.append("zeros or ties in the differences: Wilcoxon p not exact")
+    out["seeds_needed"] = seeds_needed(d)
+    if np.isnan(out["seeds_needed"]) and d.mean() != 0:
+        notes.append("zero spread: seeds-needed undefined")
+    out["note"] = "; ".join(notes)
+    return out
+
+
+def seeds_needed(d, power: float = POWER, alpha: float = ALPHA) -> float:
+    """Paired seeds for a two-sided one-sample t-test on the differences to reach ``power``
+    at the observed standardised effect (mean / sd); inf where no difference was observed,
+    NaN where the spread is zero or unknown (one seed)."""
+    from statsmodels.stats.power import TTestPower
+
+    d = np.asarray(d, dtype=float)
+    if len(d) < 2:
+        return np.nan
+    sd = float(d.std(ddof=1))
+    mean = float(d.mean())
+    if mean == 0.0:
+        return math.inf
+    if sd == 0.0:
+        return np.nan
+    effect = abs(mean) / sd
+    analysis = TTestPower()
+    if analysis.power(effect_size=effect, nobs=2, alpha=alpha) >= power:
+        return 2.0  # the root finder fails below two pairs; two already suffice
+    if analysis.power(effect_size=effect, nobs=MAX_SEEDS, alpha=alpha) < power:
+        return math.inf
+    n = float(np.asarray(analysis.solve_power(effect_size=effect, alpha=alpha, power=power)).item())
+    if not math.isfinite(n):
+        return math.inf
+    return float(max(2, math.ceil(n)))
+
+
+def holm_adjust(p_values) -> np.ndarray:
+    """Holm's step-down adjustment (statsmodels ``multipletests``); NaN p-values stay NaN
+    and do not count towards the family."""
+    from statsmodels.stats.multitest import multipletests
+
+    p = np.asarray(p_values, dtype=float)
+    out = np.full(p.shape, np.nan)
+    ok = ~np.isnan(p)
+    if ok.any():
+        out[ok] = multipletests(p[ok], method="holm")[1]
+    return out
+
+
+def adjust_family(comparisons: pd.DataFrame) -> pd.DataFrame:
+    """Holm-adjusted t and Wilcoxon p-values; one family per (stage, metric): every
+    comparison the study declares for that metric, across its baselines."""
+    out = comparisons.copy()
+    for col in ("t_p", "wilcoxon_p"):
+        out[f"{col}_holm"] = np.nan
+        for _, idx in out.groupby(["stage", "metric"]).groups.items():
+            out.loc[idx, f"{col}_holm"] = holm_adjust(out.loc[idx, col].to_numpy())
+    return out

@@ -36,18 +36,84 @@ def compare(fresh: pd.DataFrame, committed: pd.DataFrame, abs_tolerance: float) 
     return both
 
 
-def verify(fresh: pd.DataFrame, committed: pd.DataFrame, abs_tolerance: float) -> tuple[bool, str]:
-    """Return (ok, a human-readable report with a table of what differs)."""
-    table = compare(fresh, committed, abs_tolerance)
-    bad = table[table.problem != ""]
-    if bad.empty:
-        worst = float(table["diff"].max()) if len(table) else 0.0
-        return True, (
-            f"verify: OK: {len(table)} run metrics reproduce within {abs_tolerance} (largest difference {worst:.3g})"
+def study_means(fresh: pd.DataFrame, committed: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
+    """Per (stage, variant, metric): the fresh mean over seeds against the committed t interval.
+
+    ``problem`` is set where the fresh mean falls outside the committed interval (a zero-width
+    interval, from identical seeds, allows only float rounding).
+    """
+    from finch.report.stats import t_interval
+
+    rows = []
+    c = committed[committed.kind == "metrics"]
+    f = fresh[fresh.kind == "metrics"]
+    fresh_means = f.groupby(["stage", "variant", "metric"])["value"].mean()
+    for (stage, variant, metric), group in c.groupby(["stage", "variant", "metric"]):
+        low, high = t_interval(group.sort_values("seed")["value"].to_numpy(), confidence)
+        mean = fresh_means.get((stage, variant, metric), float("nan"))
+        problem = ""
+        if mean != mean:
+            problem = "missing in fresh run"
+        elif low == low and not (low - 1e-9 <= mean <= high + 1e-9):
+            problem = "fresh mean outside committed interval"
+        rows.append(
+            {
+                "stage": stage,
+                "variant": variant,
+                "metric": metric,
+                "committed_mean": float(group["value"].mean()),
+                "t_low": low,
+                "t_high": high,
+                "fresh_mean": mean,
+                "problem": problem,
+            }
         )
+    return pd.DataFrame(rows)
+
+
+def verify(
+    fresh: pd.DataFrame, committed: pd.DataFrame, abs_tolerance: float, confidence: float = 0.95
+) -> tuple[bool, str, pd.DataFrame]:
+    """Return (ok, a readable report, the per-run table of committed, fresh and difference).
+
+    Fails when any run metric differs by more than ``abs_tolerance``, is missing on either
+    side, or when a fresh study mean falls outside the committed ``confidence`` t interval.
+    """
+    table = compare(fresh, committed, abs_tolerance)
+    means = study_means(fresh, committed, confidence)
+    bad = table[table.problem != ""]
+    bad_means = means[means.problem != ""]
+    per_stage = (
+        table.groupby("stage")
+        .agg(
+            run_metrics=("metric", "size"),
+            largest_diff=("diff", "max"),
+            problems=("problem", lambda p: (p != "").sum()),
+        )
+        .reset_index()
+    )
     lines = [
-        f"verify: FAILED: {len(bad)} of {len(table)} run metrics do not reproduce (tolerance {abs_tolerance}):",
+        f"verify: run metrics compared with the committed reports (tolerance {abs_tolerance}); "
+        "cost rows (time, throughput, memory) are machine-dependent and not compared",
+        "",
+        per_stage.to_string(index=False, float_format=lambda x: f"{x:.3g}"),
         "",
     ]
-    lines.append(bad[[*KEYS, "committed", "fresh", "diff", "problem"]].to_string(index=False))
-    return False, "\n".join(lines)
+    ok = bad.empty and bad_means.empty
+    if not bad.empty:
+        lines += [f"{len(bad)} run metric(s) do not reproduce:", ""]
+        lines.append(bad[[*KEYS, "committed", "fresh", "diff", "problem"]].to_string(index=False))
+        lines.append("")
+    if not bad_means.empty:
+        lines += [f"{len(bad_means)} study mean(s) outside the committed {confidence:.0%} interval:", ""]
+        lines.append(bad_means.to_string(index=False))
+        lines.append("")
+    if ok:
+        worst = float(table["diff"].max()) if len(table) else 0.0
+        lines.append(
+            f"verify: OK: {len(table)} run metrics reproduce within {abs_tolerance} (largest difference "
+            f"{worst:.3g}); all {len(means)} study means lie inside the committed {confidence:.0%} intervals"
+        )
+    else:
+        lines.append(f"verify: FAILED ({len(bad)} run metric(s), {len(bad_means)} study mean(s))")
+    return ok, "\n".join(lines), table

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from timm.data import Mixup
 from timm.data.random_erasing import RandomErasing
 
-from finch.config import AugmentConfig
+from finch.config import AugmentConfig, RandAugmentConfig
 
 
 def normalise(x_uint8: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -38,6 +38,21 @@ def random_translate(x: torch.Tensor, max_shift: int, generator: torch.Generator
     # advanced indexing: [B, H, W, C] → back to [B, C, H, W]
     out = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]
     return out.permute(0, 3, 1, 2).contiguous()
+
+
+class TensorRandAugment:
+    """RandAugment (torchvision's operations and magnitudes) on a uint8 batch ``[B, C, H, W]``,
+    each image with its own random operations; draws from torch's seeded global generator."""
+
+    def __init__(self, cfg: RandAugmentConfig):
+        from torchvision.transforms import v2
+
+        self.op = v2.RandAugment(num_ops=cfg.num_ops, magnitude=cfg.magnitude)
+
+    def __call__(self, x_uint8: torch.Tensor) -> torch.Tensor:
+        if x_uint8.dtype != torch.uint8:
+            raise TypeError("RandAugment works on images (uint8), not cached features; switch it off for probes")
+        return torch.stack([self.op(img) for img in x_uint8])
 
 
 class BatchAugment:

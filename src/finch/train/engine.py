@@ -27,9 +27,9 @@ from finch.data.splits import TaskData
 from finch.errors import NonFiniteLossError
 from finch.evaluate import autocast_for, predict_proba
 from finch.models import keep_frozen_norms_in_eval
-from finch.train.augment import BatchAugment
+from finch.train.augment import BatchAugment, TensorRandAugment
 from finch.train.checkpoint import load_resume_state, save_resume_state
-from finch.train.losses import Objective
+from finch.train.losses import Objective, ParameterPenalty
 from finch.train.optim import (
     build_optimizer,
     build_scheduler,
@@ -97,6 +97,8 @@ def fit(
     scheduler = build_scheduler(optimizer, recipe.scheduler, recipe.epochs, steps_per_epoch)
     ema = ModelEmaV3(model, decay=recipe.ema.decay) if recipe.ema.enabled else None
     augment = BatchAugment(recipe.augment, data.num_classes, recipe.loss.label_smoothing, device)
+    rand_augment = TensorRandAugment(recipe.augment.randaugment) if recipe.augment.randaugment.num_ops else None
+    penalty = ParameterPenalty(model, recipe.penalty) if recipe.penalty.weight > 0 else None
     amp_dtype = _amp_dtype(recipe.amp, device)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
 
@@ -142,7 +144,10 @@ def fit(
         loss_sum = 0.0
         for step in range(steps_per_epoch):
             idx = order[step * batch : (step + 1) * batch]
-            x = data.to_inputs(train.x[idx], device)
+            raw = train.x[idx]
+            if rand_augment is not None:
+                raw = rand_augment(raw)
+            x = data.to_inputs(raw, device)
             y = train.y[idx].to(device, non_blocking=True)
             x, y = augment(x, y, generator)
             if recipe.channels_last:
@@ -150,6 +155,8 @@ def fit(
             with autocast_for(device, amp_dtype) if amp_dtype else torch.autocast(device.type, enabled=False):
                 outputs = model(x)
                 loss = objective.loss(outputs, y, x)
+                if penalty is not None:
+                    loss = loss + penalty()
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(
                     f"{desc}: loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}; "

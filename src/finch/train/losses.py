@@ -7,10 +7,12 @@ distributions, so they accept both class indices and mixup's soft targets:
 
 from __future__ import annotations
 
+import re
+
 import torch
 import torch.nn.functional as F
 
-from finch.config import LossConfig
+from finch.config import LossConfig, PenaltyConfig
 
 
 def smoothed_targets(y: torch.Tensor, num_classes: int, smoothing: float) -> torch.Tensor:
@@ -54,3 +56,26 @@ class Objective:
     def heads(self) -> dict:
         """Extra prediction heads to evaluate besides :meth:`logits` (name → outputs-to-logits)."""
         return {}
+
+
+class ParameterPenalty:
+    """``weight * sum_i |w_i|^p`` over the trainable parameters whose names match ``params``:
+    p = 1 is the L1 (lasso) penalty, p = 2 the coupled L2 penalty (unlike AdamW's decoupled
+    weight decay, it passes through the optimizer's adaptive scaling)."""
+
+    def __init__(self, model: torch.nn.Module, cfg: PenaltyConfig):
+        pattern = re.compile(cfg.params)
+        self.cfg = cfg
+        self.names = [n for n, p in model.named_parameters() if p.requires_grad and pattern.search(n)]
+        if cfg.weight > 0 and not self.names:
+            raise ValueError(
+                f"recipe.penalty.params {cfg.params!r} matches no trainable parameter; "
+                f"names look like {[n for n, _ in model.named_parameters()][:4]}"
+            )
+        named = dict(model.named_parameters())
+        self.params = [named[n] for n in self.names]
+
+    def __call__(self) -> torch.Tensor:
+        if self.cfg.p == 1.0:
+            return self.cfg.weight * sum(w.abs().sum() for w in self.params)
+        return self.cfg.weight * sum(w.abs().pow(self.cfg.p).sum() for w in self.params)

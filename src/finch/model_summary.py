@@ -1,0 +1,92 @@
+"""Parameter counts of a model, per block and trainable vs total, as markdown and JSON.
+
+Counted from ``named_parameters`` (no forward pass, so two-input models such as the GAN's
+discriminator need no example input): every parameter is counted once, in the first row
+that holds it (tied weights are not counted twice), and the rows add up to the total.
+
+Rows are the modules ``depth`` levels below the root; a wrapper with a single child and no
+parameters of its own (the student's ``TwoHeadStudent.vit``, peft's ``base_model.model``;
+not a one-element Sequential/ModuleList) does not use up a level. Parameters held directly
+by a module above that depth (a ViT's ``cls_token``, ``pos_embed``) get a row each, and
+modules without parameters none.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)  # a one-block list is still a level
+
+
+def _row(name: str, kind: str, params: list[nn.Parameter]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "type": kind,
+        "params": sum(p.numel() for p in params),
+        "trainable": sum(p.numel() for p in params if p.requires_grad),
+    }
+
+
+def layer_rows(model: nn.Module, depth: int = 2) -> list[dict[str, Any]]:
+    """Rows ``{name, type, params, trainable}`` in definition order; see the module docstring."""
+    seen: set[int] = set()
+    rows: list[dict[str, Any]] = []
+
+    def fresh(params) -> list[nn.Parameter]:
+        out = [p for p in params if id(p) not in seen]
+        seen.update(id(p) for p in out)
+        return out
+
+    def walk(module: nn.Module, path: str, level: int) -> None:
+        children = list(module.named_children())
+        if level >= depth or not children:
+            params = fresh(module.parameters())
+            if params:
+                rows.append(_row(path or "(model)", type(module).__name__, params))
+            return
+        own = list(module.named_parameters(recurse=False))
+        for name, param in own:
+            if fresh([param]):
+                rows.append(_row(f"{path}.{name}" if path else name, "Parameter", [param]))
+        wrapper = len(children) == 1 and not own and not isinstance(module, CONTAINERS)
+        for name, child in children:
+            walk(child, f"{path}.{name}" if path else name, level if wrapper else level + 1)
+
+    walk(model, "", 0)
+    return rows
+
+
+def summarize(model: nn.Module, depth: int = 2) -> dict[str, Any]:
+    """JSON-able summary: ``{model, total, trainable, frozen, depth, layers: [rows]}``."""
+    params = list(model.parameters())  # unique parameters, as the optimizer sees them
+    total = sum(p.numel() for p in params)
+    trainable = sum(p.numel() for p in params if p.requires_grad)
+    return {
+        "model": type(model).__name__,
+        "total": total,
+        "trainable": trainable,
+        "frozen": total - trainable,
+        "depth": depth,
+        "layers": layer_rows(model, depth),
+    }
+
+
+def summary_markdown(name: str, summary: dict[str, Any], note: str = "") -> str:
+    """A summary from :func:`summarize` as a markdown section: totals, then one row per block."""
+    total, trainable = summary["total"], summary["trainable"]
+    share = trainable / total if total else 0.0
+    lines = [
+        f"# {name}",
+        "",
+        *([note, ""] if note else []),
+        f"`{summary['model']}`: **{total:,}** parameters, **{trainable:,}** trainable ({share:.1%}), "
+        f"{summary['frozen']:,} frozen.",
+        "",
+        "| layer | type | parameters | trainable |",
+        "|---|---|---:|---:|",
+    ]
+    lines += [f"| `{r['name']}` | {r['type']} | {r['params']:,} | {r['trainable']:,} |" for r in summary["layers"]]
+    lines.append(f"| **total** | | **{total:,}** | **{trainable:,}** |")
+    return "\n".join(lines) + "\n"

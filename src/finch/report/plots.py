@@ -1,0 +1,65 @@
+"""Data files for ``dvc plots``: mean learning curves per study and accuracy per variant.
+
+dvc.yaml's top-level ``plots`` point at these, so ``dvc plots show`` renders them and
+``dvc plots diff`` compares them across commits or experiments.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from finch.io import write_with
+from finch.runs import RunRecord
+
+
+def mean_curves(records: list[RunRecord], stage: str) -> pd.DataFrame:
+    """Wide table: epoch, then one column per variant with its mean validation accuracy over
+    seeds (epochs every seed reached)."""
+    by_variant: dict[str, list[RunRecord]] = {}
+    for rec in records:
+        if rec.data["stage"] == stage and rec.history and "val_accuracy" in rec.history[0]:
+            by_variant.setdefault(rec.data["variant"], []).append(rec)
+    if not by_variant:
+        return pd.DataFrame()
+    n = max(min(len(r.history) for r in recs) for recs in by_variant.values())
+    table = pd.DataFrame({"epoch": np.arange(1, n + 1)})
+    for variant, recs in sorted(by_variant.items()):
+        reached = min(len(r.history) for r in recs)
+        values = [float(np.mean([r.history[i]["val_accuracy"] for r in recs])) for i in range(reached)]
+        table[variant] = pd.Series(values + [np.nan] * (n - reached))
+    return table
+
+
+def accuracy_by_variant(summary: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
+    """Long table: one row per (stage, variant) with the mean and t interval of ``metric``."""
+    rows = summary[(summary.metric == metric) & (summary.stage != "pretrain")]
+    out = pd.DataFrame(
+        {
+            "variant": rows.stage + "/" + rows.variant,
+            metric: rows["mean"],
+            "t_low": rows.t_low,
+            "t_high": rows.t_high,
+            "n": rows.n,
+        }
+    )
+    return out.reset_index(drop=True)
+
+
+def write_plot_data(records: list[RunRecord], summary: pd.DataFrame, out: Path) -> list[Path]:
+    """reports/plots/accuracy.csv and reports/plots/curves_<stage>.csv; return the paths."""
+    out = Path(out)
+    written = []
+    acc = accuracy_by_variant(summary)
+    path = out / "accuracy.csv"
+    write_with(path, lambda tmp: acc.to_csv(tmp, index=False, float_format="%.6g"))
+    written.append(path)
+    for stage in sorted({r.data["stage"] for r in records}):
+        curves = mean_curves(records, stage)
+        if not curves.empty:
+            path = out / f"curves_{stage}.csv"
+            write_with(path, lambda tmp, c=curves: c.to_csv(tmp, index=False, float_format="%.6g"))
+            written.append(path)
+    return written

@@ -1,0 +1,38 @@
+"""The README's headline numbers must be the ones the stages computed."""
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from finch.report.headline import END, START, headline_table, readme_block, render_from_reports, update_readme
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_readme_headline_matches_reports():
+    block = readme_block(ROOT / "README.md")
+    assert block is not None, "README.md lacks the headline markers"
+    assert block == render_from_reports(ROOT / "reports"), (
+        "README.md's headline table differs from reports/: run the aggregate stage (dvc repro) and commit"
+    )
+    assert block == (ROOT / "reports" / "headline.md").read_text()
+
+
+def test_a_typed_number_in_the_readme_is_caught(tmp_path):
+    summary = {"teacher": {"default": {"accuracy": {"n": 5, "mean": 0.7123, "t_low": 0.70, "t_high": 0.72}}}}
+    table = headline_table(summary, pd.DataFrame())
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n{START}\nold\n{END}\n\nrest\n")
+    assert update_readme(readme, table) and not update_readme(readme, table)
+    assert readme_block(readme) == table and readme.read_text().endswith("rest\n")
+    assert "| teacher | default | 0.712 | [0.700, 0.720] | 5 | baseline |" in table
+    readme.write_text(readme.read_text().replace("0.712", "0.750"))
+    assert readme_block(readme) != table
+
+
+def test_missing_markers_are_a_clear_error(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("# no markers\n")
+    with pytest.raises(ValueError, match="headline markers missing"):
+        update_readme(readme, "| t |\n")
