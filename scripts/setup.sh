@@ -47,4 +47,17 @@ if ! command -v chromium >/dev/null 2>&1 && [ -z "${FINCH_CHROMIUM:-}" ]; then
     echo "setup: note: chromium not installed (need root for apt-get); the MLflow UI test will be skipped"
   fi
 fi
+# PostgreSQL server binaries for tests/test_tracking_server.py (a throw-away cluster in /tmp; skipped without)
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing Debian's postgresql (server for the PostgreSQL tracking-store test)"
+    mkdir -p /etc/postgresql-common/createcluster.d
+    echo "create_main_cluster = false" > /etc/postgresql-common/createcluster.d/finch.conf
+    { apt-get update -qq >/dev/null \
+      && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null; } \
+      || echo "setup: warning: could not install postgresql; the PostgreSQL tracking test will be skipped"
+  else
+    echo "setup: note: postgresql not installed (need root for apt-get); the PostgreSQL tracking test will be skipped"
+  fi
+fi
 export DVC_NO_ANALYTICS=1

@@ -212,3 +212,23 @@ def test_bad_params_fail_before_work(smoke_repo):
     (repo / "params.yaml").write_text(params)
     assert out.returncode == 2
     assert "data.val_fraction" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_training_stage_runs_under_torchrun(smoke_repo):
+    """The DVC stage command takes its launcher from params: DDP with 2 CPU processes (gloo)."""
+    import mlflow
+
+    repo, env = smoke_repo
+    set_param(repo, "runtime.launcher", f"{sys.executable} -m torch.distributed.run --standalone --nproc_per_node=2")
+    set_param(repo, "runtime.threads", 1)
+    run(["dvc", "repro", "-s", "train_teacher"], repo, env)
+    teachers = [r for r in find_records(repo / "reports/runs") if r.data["stage"] == "teacher"]
+    assert sorted(r.data["seed"] for r in teachers) == [0, 1]  # written once, by rank 0
+    card = json.loads((repo / "data/prepared/card.json").read_text())
+    n_test = sum(card["target"]["counts"]["test"].values())
+    for rec in teachers:
+        assert rec.data["tags"]["finch.world_size"] == "2"
+        assert sum(map(sum, rec.data["confusion"])) == n_test  # every test image once
+    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["finch-smoke"], filter_string="tags.`finch.world_size` = '2'")
+    assert sorted(runs["tags.mlflow.runName"]) == ["teacher/seed=0", "teacher/seed=1"]  # one run each

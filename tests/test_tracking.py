@@ -120,3 +120,11 @@ def test_summary_run_is_parent_of_its_seed_runs(tmp_path, store):
         filter_string="tags.`finch.stage` = 'teacher' AND tags.`finch.seed` = '1'",
     )
     assert len(one) == 1 and one.iloc[0]["tags.mlflow.parentRunId"] == parent_id
+
+
+def test_logged_uri_hides_credentials(monkeypatch):
+    from finch.tracking import shown_uri
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://alice:s3cret-token@mlflow.example.org:5000")
+    shown = shown_uri(TrackingConfig())
+    assert "s3cret-token" not in shown and "alice" not in shown and shown.endswith("@mlflow.example.org:5000")

@@ -312,6 +312,10 @@ class RuntimeConfig(Strict):
     threads: int = Field(2, ge=1, description="torch CPU threads (fixed for determinism)")
     deterministic: bool = True
     progress: bool = True
+    launcher: str = Field(
+        "python",
+        description="how the training stages start: python, or torchrun --standalone --nproc_per_node=N (DDP)",
+    )
 
 
 class EvaluateConfig(Strict):

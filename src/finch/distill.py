@@ -139,8 +139,11 @@ def load_teacher(model_cfg: ModelConfig, weights: Path, num_classes: int, in_cha
         if k in expected and v.shape != expected[k].shape
     ]
     missing = sorted(set(expected) - set(state))
-    if wrong or missing:
-        detail = ", ".join(f"{k}: file {a} vs model {b}" for k, a, b in wrong[:3]) or f"missing {missing[:3]}"
+    unexpected = sorted(set(state) - set(expected))
+    if wrong or missing or unexpected:
+        detail = ", ".join(f"{k}: file {a} vs model {b}" for k, a, b in wrong[:3]) or (
+            f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+        )
         raise ModelError(
             f"{weights}: teacher does not fit the student's data ({num_classes} classes, {in_chans} channel(s)): "
             f"{detail}. Re-run train_teacher on the same prepared data."

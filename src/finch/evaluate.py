@@ -20,6 +20,7 @@ from sklearn.metrics import (
 )
 from torchmetrics.functional.classification import multiclass_calibration_error
 
+from finch import distributed
 from finch.data.splits import Split
 
 HEAD_METRICS = ("accuracy", "f1_macro", "auroc_macro", "ece")  # reported per extra head
@@ -57,22 +58,30 @@ def predict_heads(
     heads: dict[str, Callable],
     channels_last: bool = False,
 ) -> tuple[dict[str, np.ndarray], float]:
-    """Probabilities of several heads (name → outputs-to-logits) from one pass over ``split``."""
+    """Probabilities of several heads (name → outputs-to-logits) from one pass over ``split``.
+
+    Under torchrun each rank predicts a disjoint shard and every rank gets all rows back, in
+    order (:func:`finch.distributed.gather_rows`: no row dropped or counted twice).
+    """
     was_training = model.training
     model.eval()
-    probs: dict[str, list] = {name: [] for name in heads}
+
+    def predict(rows: torch.Tensor) -> dict[str, np.ndarray]:
+        probs: dict[str, list] = {name: [] for name in heads}
+        for i in range(0, len(rows), batch_size):
+            x = to_inputs(split.x[rows[i : i + batch_size]], device)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast_for(device):
+                outputs = model(x)
+            for name, logits_of in heads.items():
+                probs[name].append(torch.softmax(logits_of(outputs).float(), dim=-1).cpu())
+        return {name: torch.cat(p).numpy().astype(np.float64) if p else np.zeros((0, 0)) for name, p in probs.items()}
+
     start = time.perf_counter()
-    for i in range(0, len(split), batch_size):
-        x = to_inputs(split.x[i : i + batch_size], device)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast_for(device):
-            outputs = model(x)
-        for name, logits_of in heads.items():
-            probs[name].append(torch.softmax(logits_of(outputs).float(), dim=-1).cpu())
+    out = distributed.gather_rows(len(split), predict)
     elapsed = time.perf_counter() - start
     model.train(was_training)
-    out = {name: torch.cat(p).numpy().astype(np.float64) for name, p in probs.items()}
     return out, len(split) / max(elapsed, 1e-9)
 
 

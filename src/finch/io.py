@@ -125,4 +125,8 @@ def load_tensors(path: Path | str) -> dict:
     try:
         return load_file(str(path))
     except Exception as err:  # safetensors raises several error types
-        raise ValueError(f"{path}: not a readable safetensors file ({err})") from None
+        from finch.errors import ModelError
+
+        raise ModelError(
+            f"{path}: not a readable safetensors file ({err}); delete it and re-run the stage that writes it"
+        ) from None

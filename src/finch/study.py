@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from finch import distributed
 from finch.config import FinchConfig, RecipeConfig, config_hash, flatten
 from finch.data.splits import TaskData
 from finch.evaluate import HEAD_METRICS, agreement_with, classification_metrics, predict_heads
@@ -100,6 +101,8 @@ def train_variant(
                 desc=name,
             )
         metrics, cost, confusion, probs = test_once(result.model, objective, data, variant.recipe, cfg, device)
+        if not distributed.is_main():  # under torchrun, rank 0 alone writes and logs
+            continue
         test_probs.append(probs)
         metrics["params_total"] += variant.frozen_outside
         folder = run_dir(runs_root, variant.stage, variant.name, seed)
@@ -123,6 +126,7 @@ def train_variant(
                 "finch.params_hash": params_hash,
                 "finch.run_key": key,
                 "finch.device": str(device),
+                "finch.world_size": str(distributed.world_size()),
             },
             "metrics": metrics,
             "cost": {
@@ -145,6 +149,9 @@ def train_variant(
         written.append(folder)
     # checkpoints of finished seeds are kept until the whole variant is done: DVC deletes a
     # stage's outputs before re-running it, so an interrupted stage resumes from these
+    distributed.barrier()
+    if not distributed.is_main():
+        return written
     shutil.rmtree(CHECKPOINT_ROOT / variant.stage / variant.name, ignore_errors=True)
     if len(seeds) > 1:
         write_ensemble(runs_root, variant, data, seeds, test_probs, cfg)

@@ -8,10 +8,14 @@ logged, so a half-logged run is never mistaken for a complete one.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import os
+import re
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from finch.config import TrackingConfig, flatten
@@ -29,6 +33,11 @@ def tracking_uri(cfg: TrackingConfig, root: Path | None = None) -> str:
     return uri or f"sqlite:///{shared_root(root) / 'mlflow.db'}"
 
 
+def shown_uri(cfg: TrackingConfig, root: Path | None = None) -> str:
+    """The tracking URI for log messages, without any ``user:password@`` part."""
+    return re.sub(r"//[^/@]*@", "//***@", tracking_uri(cfg, root))
+
+
 def experiment_name(cfg: TrackingConfig, profile: str) -> str:
     return f"{cfg.experiment_prefix}-{profile}"
 
@@ -41,16 +50,30 @@ class Tracker:
 
         self.cfg = cfg
         self.uri = tracking_uri(cfg, root)
-        self.client = MlflowClient(tracking_uri=self.uri)
         name = experiment_name(cfg, profile)
-        exp = self.client.get_experiment_by_name(name)
-        if exp is None:
-            artifacts = None
-            if self.uri.startswith("sqlite:///") and not (os.environ.get("MLFLOW_TRACKING_URI") or cfg.uri):
-                artifacts = (shared_root(root) / "mlartifacts" / name).as_uri()
-            self.experiment_id = self.client.create_experiment(name, artifact_location=artifacts)
-        else:
-            self.experiment_id = exp.experiment_id
+        with _store_lock(self.uri):  # MlflowClient opens the store: creates a new SQLite store's tables
+            self.client = MlflowClient(tracking_uri=self.uri)
+            exp = self.client.get_experiment_by_name(name)
+            if exp is None:
+                artifacts = None
+                if self.uri.startswith("sqlite:///") and not (os.environ.get("MLFLOW_TRACKING_URI") or cfg.uri):
+                    artifacts = (shared_root(root) / "mlartifacts" / name).as_uri()
+                self.experiment_id = self._create_experiment(name, artifacts)
+            else:
+                self.experiment_id = exp.experiment_id
+
+    def _create_experiment(self, name: str, artifacts: str | None) -> str:
+        """Create experiment ``name``, or take the one another process created meanwhile
+        (parallel ``dvc queue`` workers logging to one tracking server)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.create_experiment(name, artifact_location=artifacts)
+        except MlflowException:
+            exp = self.client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+            return exp.experiment_id
 
     def search(self, filter_string: str = "") -> list:
         runs, token = [], None
@@ -171,6 +194,29 @@ class Tracker:
         return created
 
 
+@contextlib.contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """Serialise opening a SQLite store across processes (no-op for other stores).
+
+    Parallel ``dvc queue`` workers share the main workspace's mlflow.db, and MLflow creates and
+    migrates a new SQLite store's tables without a lock: of two processes that open a fresh store
+    at once, one fails (``table experiments already exists``) and its runs are not logged.
+    """
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    db = Path(uri[len("sqlite:///") :].split("?", 1)[0]).resolve()
+    digest = hashlib.sha256(str(db).encode()).hexdigest()[:16]
+    with open(Path(tempfile.gettempdir()) / f"finch-mlflow-{digest}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def _log_batches(client, run_id: str, metrics: list, params: list) -> None:
     """log_batch within MLflow's limits (1000 metrics, 100 params per call)."""
     for i in range(0, len(metrics), 1000):
@@ -201,11 +247,11 @@ def sync(
 
 def log_runs_safely(folders: list[Path], cfg: TrackingConfig, profile: str) -> None:
     """Log freshly trained runs; a failure only warns (the aggregate's sync retries)."""
-    if not cfg.enabled:
+    if not cfg.enabled or not folders:  # nothing trained here (or a non-zero torchrun rank)
         return
     try:
         counts = sync([read_record(f) for f in folders], cfg, profile)
-        log.info("MLflow: logged %d run(s) to %s", counts["logged"], tracking_uri(cfg))
+        log.info("MLflow: logged %d run(s) to %s", counts["logged"], shown_uri(cfg))
     except Exception as err:  # tracking must never cost a finished training run
         log.warning(
             "MLflow logging failed (%s: %s); the results are safe in reports/runs and the "

@@ -131,7 +131,16 @@ def build_network(
     if strategy == "lp_ft":
         if probe_weights is None or not probe_weights.is_file():
             raise ModelError(f"lp_ft starts from linear_probe's head, but {probe_weights} is missing")
-        model.get_classifier().load_state_dict(load_tensors(probe_weights))
+        head = model.get_classifier()
+        state = load_tensors(probe_weights)
+        expected = {k: tuple(v.shape) for k, v in head.state_dict().items()}
+        found = {k: tuple(v.shape) for k, v in state.items()}
+        if found != expected:
+            raise ModelError(
+                f"{probe_weights}: the linear_probe head {found} does not fit this model's head {expected} "
+                f"({data.num_classes} classes); re-run the finetune stage so linear_probe is trained first"
+            )
+        head.load_state_dict(state)
     if strategy == "vit_lora":
         return with_lora(model, cfg)
     freeze_all_but(model, trainable_rule(strategy, model, cfg))

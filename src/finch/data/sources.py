@@ -48,7 +48,9 @@ def load_image(path: Path, size: int, channels: int) -> np.ndarray:
             img.load()
             img = img.convert("L" if channels == 1 else "RGB")
     except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise DataError(f"{path}: unreadable or corrupt image ({err})") from None
+        raise DataError(
+            f"{path}: unreadable or corrupt image ({err}); replace or delete the file, or set data.on_bad_image: skip"
+        ) from None
     w, h = img.size
     scale = size / min(w, h)
     new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
@@ -199,7 +201,7 @@ def read_image_folder(cfg: DataConfig) -> RawData:
         raise DataError("data.source is image_folder but data.root is not set; set it to the tree's root")
     root = Path(cfg.root)
     if not root.is_dir():
-        raise DataError(f"data.root {root}: folder not found")
+        raise DataError(f"data.root {root}: folder not found; set data.root to the image tree's folder")
     if not any(root.iterdir()):
         raise DataError(f"data.root {root}: folder is empty")
     if (root / "train").is_dir() and (root / "test").is_dir():
@@ -272,7 +274,7 @@ def read_cub200(cfg: DataConfig) -> RawData:
         raise DataError("data.source is cub200 but data.root is not set; point it at CUB_200_2011/")
     root = Path(cfg.root)
     if not root.is_dir():
-        raise DataError(f"data.root {root}: folder not found")
+        raise DataError(f"data.root {root}: folder not found; set data.root to the CUB_200_2011 folder")
     missing = [f for f in (*CUB_FILES, "images") if not (root / f).exists()]
     if missing:
         raise DataError(f"{root}: not the CUB-200-2011 layout, missing {', '.join(missing)}")

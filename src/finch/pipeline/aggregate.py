@@ -47,7 +47,7 @@ def write_headline(reports, readme) -> None:
 def sync_mlflow(cfg: FinchConfig, records=None, summary=None) -> None:
     """Log to MLflow every run (and summary) that is not there yet; warn if unreachable."""
     from finch.runs import find_records
-    from finch.tracking import sync, tracking_uri
+    from finch.tracking import shown_uri, sync
 
     records = records if records is not None else find_records(RUNS)
     if summary is None:  # `finch sync`: the same summary runs the aggregate logs
@@ -68,7 +68,7 @@ def sync_mlflow(cfg: FinchConfig, records=None, summary=None) -> None:
             "MLflow sync failed (%s: %s); run `finch sync` once %s is reachable",
             type(err).__name__,
             err,
-            tracking_uri(cfg.tracking),
+            shown_uri(cfg.tracking),
         )
         return
-    log.info("MLflow %s: %s", tracking_uri(cfg.tracking), counts)
+    log.info("MLflow %s: %s", shown_uri(cfg.tracking), counts)

@@ -67,6 +67,12 @@ def run_stage(
     except USER_ERRORS as err:
         print(f"\nfinch {name}: error: {err}", file=sys.stderr)
         sys.exit(2)
+    distributed = sys.modules.get("finch.distributed")  # imported by configure() where torch is used
+    if distributed is not None:
+        main = distributed.is_main()
+        distributed.shutdown()
+        if not main:  # under torchrun, rank 0 alone writes
+            return
     write_json(
         REPORTS / "timing" / f"{name}.json",
         {

@@ -217,7 +217,7 @@ def log_explanations(cfg: FinchConfig, figure: Path, folder: Path, params: dict)
 
 def log_explanations_safely(cfg: FinchConfig, figure: Path, folder: Path, params: dict) -> None:
     """:func:`log_explanations` where a failure only warns: the stage's files are already written."""
-    from finch.tracking import tracking_uri
+    from finch.tracking import shown_uri
 
     if not cfg.tracking.enabled:
         return
@@ -236,4 +236,4 @@ def log_explanations_safely(cfg: FinchConfig, figure: Path, folder: Path, params
     if run_id is None:
         log.info("MLflow: these explanations are already logged")
     else:
-        log.info("MLflow: logged the explanations (run %s) to %s", run_id, tracking_uri(cfg.tracking))
+        log.info("MLflow: logged the explanations (run %s) to %s", run_id, shown_uri(cfg.tracking))

@@ -10,6 +10,7 @@ from finch.pipeline.common import BACKBONE, MODELS, PREPARED, RUNS, VIT_BACKBONE
 def pretrain(cfg: FinchConfig) -> None:
     """The CNN and ViT backbones: trained on the source classes, or timm's ImageNet weights."""
     from finch.data.splits import load_task
+    from finch.distributed import is_main
     from finch.io import load_tensors, write_json
     from finch.models import build_model, save_backbone
     from finch.study import Variant, train_variant
@@ -44,6 +45,8 @@ def pretrain(cfg: FinchConfig) -> None:
             settings={"model": model_cfg.model_dump(), "recipe": recipe.model_dump()},
         )
         folders += train_variant(variant, source, [pc.seed], cfg, device, RUNS, MODELS / "pretrain")
+        if not is_main():
+            continue
         model = build_model(model_cfg, source.num_classes, source.in_chans)
         model.load_state_dict(load_tensors(MODELS / "pretrain" / name / f"seed={pc.seed}.safetensors"))
         save_backbone(model, path, {"origin": "source classes", "source_classes": ",".join(source.class_names)})

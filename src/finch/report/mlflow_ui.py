@@ -185,6 +185,7 @@ def mlflow_ui(
         "server",
         "--backend-store-uri",
         uri,
+        "--serve-artifacts",
         "--artifacts-destination",
         artifacts_destination,
         "--host",

@@ -22,6 +22,7 @@ import torch
 from timm.utils import ModelEmaV3
 from tqdm.auto import tqdm
 
+from finch import distributed
 from finch.config import RecipeConfig
 from finch.data.splits import TaskData
 from finch.errors import NonFiniteLossError
@@ -89,9 +90,12 @@ def fit(
     model = model.to(device)
     if recipe.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    forward = distributed.wrap(model, device)  # DDP under torchrun: gradients averaged over ranks
+    world = distributed.world_size()
     train = data.train
-    batch = min(recipe.batch_size, len(train) - len(train) % 2)
-    steps_per_epoch = max(1, len(train) // batch)  # drop the ragged last batch (BatchNorm, mixup)
+    per_rank = len(train) // world  # each rank trains on its shard of every epoch's permutation
+    batch = min(recipe.batch_size, per_rank - per_rank % 2)
+    steps_per_epoch = max(1, per_rank // batch)  # drop the ragged last batch (BatchNorm, mixup)
 
     optimizer = build_optimizer(model, recipe.optimizer)
     scheduler = build_scheduler(optimizer, recipe.scheduler, recipe.epochs, steps_per_epoch)
@@ -140,7 +144,9 @@ def fit(
         epoch_start = time.perf_counter()
         model.train()
         keep_frozen_norms_in_eval(model)
-        order = torch.randperm(len(train), generator=generator)
+        order = torch.randperm(len(train), generator=generator)  # the same on every rank
+        if world > 1:
+            order = distributed.shard(order)
         loss_sum = 0.0
         for step in range(steps_per_epoch):
             idx = order[step * batch : (step + 1) * batch]
@@ -153,7 +159,7 @@ def fit(
             if recipe.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast_for(device, amp_dtype) if amp_dtype else torch.autocast(device.type, enabled=False):
-                outputs = model(x)
+                outputs = forward(x)
                 loss = objective.loss(outputs, y, x)
                 if penalty is not None:
                     loss = loss + penalty()
@@ -182,12 +188,12 @@ def fit(
                 scheduler.step_update(num_updates=global_step)
             loss_sum += loss.item()
         train_seconds += time.perf_counter() - epoch_start
-        train_images += steps_per_epoch * batch
+        train_images += steps_per_epoch * batch * world
 
         eval_model = ema.module if ema is not None else model
         row = {
             "epoch": epoch + 1,
-            "train_loss": loss_sum / steps_per_epoch,
+            "train_loss": distributed.mean_over_ranks(loss_sum / steps_per_epoch),
             **validate(eval_model, data, recipe, device, objective),
             "lr": current_lr(optimizer),
         }
@@ -216,7 +222,7 @@ def fit(
         else:
             stale += 1
         stop = recipe.early_stopping_patience and stale >= recipe.early_stopping_patience
-        if checkpoint_path is not None:
+        if checkpoint_path is not None and distributed.is_main():  # written once
             save_resume_state(
                 checkpoint_path,
                 {

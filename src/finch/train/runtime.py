@@ -20,13 +20,19 @@ def resolve_device(name: str) -> torch.device:
 
 
 def configure(cfg: RuntimeConfig) -> torch.device:
-    """Fix threads and deterministic algorithms (same seed, same machine → same numbers)."""
+    """Fix threads and deterministic algorithms (same seed, same machine → same numbers); under
+    ``torchrun``, join the process group and take this rank's GPU."""
     torch.set_num_threads(cfg.threads)
     if cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
-    return resolve_device(cfg.device)
+    device = resolve_device(cfg.device)
+    from finch import distributed
+
+    if distributed.initialise(device.type) and device.type == "cuda":  # under torchrun: this rank's GPU
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
 
 
 def seed_everything(seed: int) -> torch.Generator:

@@ -1,0 +1,161 @@
+"""Experiments through DVC's queue: two queued teacher experiments run in parallel workers
+(temporary copies under .dvc/tmp/exps/) and every run they train lands in the one MLflow
+store of the main workspace, none lost; `dvc exp show` lists both."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from .servers import git_commit, make_smoke_repo, open_trackers_at_once, run, smoke_env
+
+pytestmark = pytest.mark.slow
+EXPERIMENT = "finch-smoke"
+LRS = {"lr-low": 0.001, "lr-high": 0.004}  # experiment name → teacher.recipe.optimizer.lr
+SEEDS = [0]
+RECORD = "reports/runs/teacher/default/seed=0/record.json"
+TIMEOUT_S = 900
+PENDING = {"Queued", "Running"}
+
+
+def queue_status(repo: Path, env: dict) -> dict[str, str]:
+    """Experiment name → status (Queued, Running, Success, Failed, Unknown) from `dvc queue status`."""
+    out = run(["dvc", "queue", "status"], repo, env).stdout
+    status = {}
+    for line in out.splitlines():
+        fields = line.split()
+        if len(fields) >= 2 and fields[1] in LRS:
+            status[fields[1]] = fields[-1]
+    return status
+
+
+@pytest.fixture(scope="module")
+def queued(tmp_path_factory):
+    repo = tmp_path_factory.mktemp("smoke-queue")
+    env = smoke_env()
+    make_smoke_repo(repo, env)
+    # the shared upstream stages once, committed: a queued experiment checks their outputs out of
+    # the cache (and reports/runs/pretrain out of git) and trains only the teacher
+    run(["dvc", "repro", "pretrain"], repo, env)
+    git_commit(repo, env, "smoke profile, prepared data and pretrained backbone")
+    # no store yet: the two workers race to create the MLflow database and the experiment
+    for path in ("mlflow.db", "mlartifacts"):
+        target = repo / path
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+    for name, lr in LRS.items():
+        run(
+            [
+                "dvc",
+                "exp",
+                "run",
+                "--queue",
+                "-n",
+                name,
+                "-S",
+                f"teacher.recipe.optimizer.lr={lr}",
+                "-S",
+                f"seeds={json.dumps(SEEDS)}",
+                "train_teacher",
+            ],
+            repo,
+            env,
+        )
+    started = time.monotonic()
+    run(["dvc", "queue", "start", "-j", "2"], repo, env)
+    try:
+        while True:
+            status = queue_status(repo, env)
+            if set(status) == set(LRS) and not set(status.values()) & PENDING:
+                break
+            if time.monotonic() - started > TIMEOUT_S:
+                pytest.fail(f"queued experiments not done after {TIMEOUT_S} s: {status}")
+            time.sleep(5)
+    finally:
+        subprocess.run(["dvc", "queue", "stop"], cwd=repo, env=env, capture_output=True)
+    logs = {
+        name: subprocess.run(["dvc", "queue", "logs", name], cwd=repo, env=env, capture_output=True, text=True).stdout
+        for name in LRS
+    }
+    return SimpleNamespace(path=repo, env=env, status=status, logs=logs, wall_s=time.monotonic() - started)
+
+
+def exp_revs(repo: Path, env: dict) -> dict[str, dict]:
+    """Experiment name → its `dvc exp show --json` entry (rev, name, data)."""
+    found = {}
+
+    def walk(node):
+        if isinstance(node, dict):
+            if node.get("name") in LRS and "data" in node:
+                found[node["name"]] = node
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(json.loads(run(["dvc", "exp", "show", "--json"], repo, env).stdout))
+    return found
+
+
+def test_both_experiments_succeeded(queued):
+    assert queued.status == dict.fromkeys(LRS, "Success"), queued.logs
+    for name, log in queued.logs.items():
+        assert "MLflow logging failed" not in log, f"{name}:\n{log[-3000:]}"
+
+
+def test_every_run_is_in_the_main_workspace_store(queued):
+    from mlflow.tracking import MlflowClient
+
+    db = queued.path / "mlflow.db"
+    assert db.is_file(), "no MLflow store at the main workspace's root"
+    strays = [p for p in queued.path.rglob("mlflow.db") if p != db] + list(queued.path.rglob("mlruns"))
+    assert not strays, strays
+    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    runs = client.search_runs([exp.experiment_id], "tags.`finch.stage` = 'teacher'")
+    assert len(runs) == len(LRS) * len(SEEDS), [r.info.run_name for r in runs]  # nothing lost, nothing doubled
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert sorted(float(r.data.params["recipe.optimizer.lr"]) for r in runs) == sorted(LRS.values())
+    assert {r.data.tags["finch.seed"] for r in runs} == {str(s) for s in SEEDS}
+    assert len({r.data.tags["finch.run_key"] for r in runs}) == len(runs)
+    for r in runs:  # artifacts in the main workspace's artifact root too, not in a deleted temp copy
+        stored = queued.path / "mlartifacts" / EXPERIMENT / r.info.run_id / "artifacts"
+        assert (stored / "figures/confusion_matrix.png").is_file(), r.info.artifact_uri
+        assert (stored / "record/record.json").is_file()
+
+
+def test_exp_show_lists_both_experiments(queued):
+    from mlflow.tracking import MlflowClient
+
+    exps = exp_revs(queued.path, queued.env)
+    assert sorted(exps) == sorted(LRS), list(exps)
+    client = MlflowClient(tracking_uri=f"sqlite:///{queued.path / 'mlflow.db'}")
+    exp_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    for name, lr in LRS.items():
+        entry = exps[name]
+        params = entry["data"]["params"]["params.yaml"]["data"]
+        assert params["teacher"]["recipe"]["optimizer"]["lr"] == lr
+        assert params["seeds"] == SEEDS
+        # the experiment's commit holds the run record; its metrics are the MLflow run's
+        record = json.loads(run(["git", "show", f"{entry['rev']}:{RECORD}"], queued.path, queued.env).stdout)
+        assert record["params"]["recipe.optimizer.lr"] == lr
+        (logged,) = client.search_runs([exp_id], f"tags.`finch.run_key` = '{record['run_key']}'")
+        assert logged.data.metrics["accuracy"] == pytest.approx(record["metrics"]["accuracy"])
+
+
+def test_parallel_workers_open_a_fresh_store(tmp_path):
+    """Two queue workers finishing together both open the main workspace's new mlflow.db:
+    MLflow creates a SQLite store's tables without a lock, so finch must serialise it."""
+    for trial in range(2):
+        results = open_trackers_at_once(f"sqlite:///{tmp_path / f'mlflow{trial}.db'}", "race")
+        assert [status for status, _ in results] == ["ok", "ok"], results
+        assert len({exp_id for _, exp_id in results}) == 1, results
