@@ -48,8 +48,8 @@ def headline_table(summary: dict, comparisons: pd.DataFrame, metric: str = "accu
 def _diff_cell(r) -> str:
     interval = "—" if math.isnan(r.t_low) else f"[{r.t_low:+.3f}, {r.t_high:+.3f}]"
     p = r.t_p_holm
-    p_text = "—" if math.isnan(p) else (f"{p:.3f}" if p >= 0.001 else "< 0.001")
-    return f"{r.mean_diff:+.3f} vs `{r.baseline}` {interval}, p = {p_text}"
+    p_text = "p = —" if math.isnan(p) else (f"p = {p:.3f}" if p >= 0.001 else "p < 0.001")
+    return f"{r.mean_diff:+.3f} vs `{r.baseline}` {interval}, {p_text}"
 
 
 def render_from_reports(reports: Path) -> str:
