@@ -8,6 +8,7 @@ export PATH="$PWD/.venv/bin:$PATH" DVC_NO_ANALYTICS=1
 finch check
 start=$(date +%s)
 dvc repro "$@"
+finch readme   # the README's headline table from reports/headline.md
 echo
 echo "Done in $(( $(date +%s) - start )) s."
 echo "  Results:  reports/results.md  (tables, intervals, figures)"

@@ -1,5 +1,6 @@
 """Helpers for the tests that start real servers or DVC queues: a temporary smoke copy of the
-repository, a throw-away PostgreSQL cluster, and what a listening socket is bound to."""
+repository, an MLflow tracking server, a throw-away PostgreSQL cluster, and what a listening
+socket is bound to."""
 
 from __future__ import annotations
 
@@ -9,10 +10,14 @@ import multiprocessing
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +28,9 @@ __all__ = [
     "COPY",
     "PG_INSTALL",
     "listening_addresses",
+    "free_port",
     "make_smoke_repo",
+    "mlflow_server",
     "non_loopback_ipv4",
     "open_trackers_at_once",
     "pg_bindir",
@@ -80,6 +87,55 @@ def make_smoke_repo(repo: Path, env: dict, *, commit: bool = False) -> None:
 def git_commit(repo: Path, env: dict, message: str) -> None:
     run(["git", "add", "-A"], repo, env)
     run(["git", "commit", "-q", "-m", message], repo, env)
+
+
+# --------------------------------------------------------------------------- MLflow server
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on now (bound, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def mlflow_server(
+    uri: str, artifacts_destination: str, *, host: str = "127.0.0.1", timeout: float = 120.0
+) -> Iterator[str]:
+    """``mlflow server`` for the backend store ``uri`` on a free port of ``host``, serving
+    artifacts from ``artifacts_destination``; yields its base URL once ``/health`` answers and
+    stops its whole process group (uvicorn and workers) afterwards."""
+    port = free_port(host)
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--serve-artifacts"]
+    cmd += ["--artifacts-destination", artifacts_destination, "--host", host, "--port", str(port), "--workers", "1"]
+    base = f"http://{host}:{port}"
+    env = {**smoke_env(), "PYTHONUNBUFFERED": "1"}
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+        def output() -> str:
+            log.seek(0)
+            return "\n".join(log.read().decode(errors="replace").splitlines()[-40:])
+
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                assert proc.poll() is None, f"mlflow server exited with {proc.returncode}:\n{output()}"
+                with contextlib.suppress(urllib.error.URLError, OSError):
+                    with urllib.request.urlopen(f"{base}/health", timeout=2) as resp:
+                        if resp.status == 200:
+                            break
+                assert time.monotonic() < deadline, f"mlflow server silent on {base} for {timeout} s:\n{output()}"
+                time.sleep(0.25)
+            yield base
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, sig)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=10)
+                    break
 
 
 # --------------------------------------------------------------------------- parallel writers
@@ -202,8 +258,6 @@ def pg_user() -> pwd.struct_passwd | None:
 def postgres_server(bindir: Path, user: pwd.struct_passwd, database: str = "mlflow") -> Iterator[str]:
     """A fresh PostgreSQL cluster in a temporary folder, on a free 127.0.0.1 port, trust auth,
     with an empty ``database``; yields its SQLAlchemy URI and stops and deletes it afterwards."""
-    from finch.report.mlflow_ui import free_port
-
     # not under pytest's tmp_path: its root (/tmp/pytest-of-root) is 0700, closed to the server's user
     tmp = Path(tempfile.mkdtemp(prefix="finch-pg-"))
     as_user = {}

@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from finch.cli import render_profile, write_profile
-from finch.config import load_params, parse_params
+from finch.config import AugmentConfig, RecipeConfig, deep_merge, load_params, parse_params
 from finch.errors import ConfigError
 
 from .conftest import REPO
@@ -87,3 +87,19 @@ def test_profile_switch_writes_validated_params(tmp_path: Path):
     assert cfg.data.target_classes == ["T-shirt/top", "Pullover", "Coat", "Shirt"]  # inherited
     with pytest.raises(ConfigError, match="known profiles"):
         write_profile("nope", dest, REPO / "profiles")
+
+
+def test_deep_merge_recurses_and_shares_nothing_with_its_inputs():
+    base = {"a": {"x": 1, "y": [1, 2]}, "b": 2}
+    override = {"a": {"y": [3]}, "c": {"z": [4]}}
+    merged = deep_merge(base, override)
+    assert merged == {"a": {"x": 1, "y": [3]}, "b": 2, "c": {"z": [4]}}
+    merged["a"]["x"] = 9
+    merged["c"]["z"].append(5)
+    assert base == {"a": {"x": 1, "y": [1, 2]}, "b": 2} and override == {"a": {"y": [3]}, "c": {"z": [4]}}
+
+
+def test_mixing_is_on_when_mixup_or_cutmix_is():
+    assert not AugmentConfig().mixing
+    assert AugmentConfig(mixup_alpha=0.2).mixing and AugmentConfig(cutmix_alpha=1.0).mixing
+    assert "mixing" not in RecipeConfig().model_dump()["augment"]  # derived, so not part of any run's hash

@@ -6,8 +6,11 @@ import torch
 from finch.errors import NonFiniteLossError
 from finch.evaluate import classification_metrics, predict_proba
 from finch.models import build_model
-from finch.train.engine import fit
+from finch.train.checkpoint import load_resume_state
+from finch.train.engine import TrainState, fit
 from finch.train.losses import Objective
+from finch.train.optim import build_optimizer, build_scheduler
+from finch.train.runtime import seed_everything
 
 from .conftest import TINY_MODEL, tiny_recipe
 
@@ -110,3 +113,52 @@ def test_early_stopping_and_best_epoch_selection(toy_task):
     best = min(result.history, key=lambda r: r["val_loss"])
     assert result.best_epoch == best["epoch"]
     assert len(result.history) == result.best_epoch + 2
+
+
+def assert_same(a, b, where="state"):
+    """Exact equality of nested state: tensors by value, everything else by ==."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and list(a) == list(b), where
+        for key in a:
+            assert_same(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert type(a) is type(b) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+def test_train_state_round_trips_through_a_checkpoint(toy_task, tmp_path):
+    from timm.utils import ModelEmaV3
+
+    recipe = tiny_recipe(
+        epochs=2,
+        scheduler={"name": "plateau", "warmup_epochs": 1},
+        ema={"enabled": True, "decay": 0.9},
+    )
+    ckpt = tmp_path / "ckpt.pt"
+    train(toy_task, recipe, seed=2, checkpoint_path=ckpt, fingerprint="run")
+    saved = load_resume_state(ckpt, "run")
+    assert saved is not None and saved["epoch"] == 2 and saved["global_step"] == 2 * 4
+
+    torch.manual_seed(7)  # other weights and RNG state: everything must come from the checkpoint
+    model = build_model(TINY_MODEL, toy_task.num_classes, toy_task.in_chans)
+    optimizer = build_optimizer(model, recipe.optimizer)
+    scheduler = build_scheduler(optimizer, recipe.scheduler, recipe.epochs, 4)
+    state = TrainState(model, optimizer, scheduler, ModelEmaV3(model, decay=0.9), None, seed_everything(7))
+    state.load_state_dict(saved)
+    assert_same({"fingerprint": "run", **state.state_dict()}, saved)
+    assert state.best_epoch in (1, 2) and len(state.history) == 2 and state.eval_model is state.ema.module
+
+
+def test_resuming_a_finished_run_returns_its_selected_model(toy_task, tmp_path):
+    ckpt = tmp_path / "ckpt.pt"
+    recipe = tiny_recipe(epochs=2)
+    first = train(toy_task, recipe, checkpoint_path=ckpt, fingerprint="a")
+    again = train(toy_task, recipe, seed=5, checkpoint_path=ckpt, fingerprint="a")
+    assert again.resumed_from_epoch == 2 and again.history == first.history
+    assert again.best_epoch == first.best_epoch
+    assert_same(again.model.state_dict(), first.model.state_dict())

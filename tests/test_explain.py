@@ -153,12 +153,18 @@ def test_vit_cam_shape_range_and_determinism(variant):
 
 
 def test_vit_cam_follows_the_evidence(blob_vit):
+    """The ViT's map singles out the square's place. Unlike the CNN's, its sign is not stable:
+    depending on float rounding (which differs between CPUs), the tiny ViT learns the bright square
+    as evidence, or its surround (measured on one machine: the square in 1 of 6 seeds and schedule
+    lengths, the surround or a mix in the others, all classifying perfectly), so the test asks that
+    the map marks the square apart, not on which side."""
     x, y, masks = blobs(12, seed=3)
     expl = vit_cam(blob_vit, x)
     check_maps(expl, 12, 28)
     assert np.array_equal(expl.predictions, y.numpy())
-    # a bright square is evidence where it is; "dark" is evidence that nothing is bright
-    check_follows_the_square(expl, masks, y.numpy() == 1)
+    for i in np.flatnonzero(y.numpy() == 1):
+        inside, outside = expl.maps[i][masks[i]].mean(), expl.maps[i][~masks[i]].mean()
+        assert abs(inside - outside) > 0.1, (i, inside, outside)
 
 
 def test_patch_grid_drops_the_class_and_distillation_tokens():

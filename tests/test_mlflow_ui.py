@@ -1,24 +1,37 @@
-"""The MLflow UI in a real headless Chromium: parent runs listed, seed runs nested under them."""
+"""Seed runs are nested under their summary run (MLflow's API says so), and the screenshot tool
+(scripts/mlflow_screenshot.py) shows them in a real headless Chromium."""
 
 from __future__ import annotations
 
-import socket
-import urllib.parse
+import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from mlflow.tracking import MlflowClient
 
-from finch.report import mlflow_ui
-from finch.report.mlflow_ui import BrowserMissing, UIError, find_chromium, nest
+from .conftest import REPO
+from .servers import mlflow_server
 
 EXPERIMENT = "finch-uitest"
 FAMILIES = {"teacher/summary": ("teacher", "", 3), "student/none/summary": ("student", "none", 2)}
+SCRIPT = REPO / "scripts" / "mlflow_screenshot.py"
+
+
+def load_screenshot_script():
+    spec = importlib.util.spec_from_file_location("mlflow_screenshot", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+screenshot = load_screenshot_script()
 
 
 def make_store(tmp_path: Path) -> tuple[str, dict[str, str], dict[str, list[str]]]:
-    """Two summary runs, each with seed runs nested under it by ``mlflow.parentRunId``."""
-    from mlflow.tracking import MlflowClient
-
+    """Two summary runs, each with seed runs nested under it by ``mlflow.parentRunId``:
+    the store URI, run id → name, and parent id → child ids."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri)
     exp = client.create_experiment(EXPERIMENT, artifact_location=(tmp_path / "mlartifacts").as_uri())
@@ -28,100 +41,73 @@ def make_store(tmp_path: Path) -> tuple[str, dict[str, str], dict[str, list[str]
         parent = client.create_run(exp, run_name=parent_name, tags=tags).info.run_id
         client.log_metric(parent, "accuracy.mean", 0.8)
         client.set_terminated(parent)
-        names[parent] = parent_name
-        children[parent] = []
+        names[parent], children[parent] = parent_name, []
         for seed in range(seeds):
             child_name = f"{parent_name.removesuffix('/summary')}/seed={seed}"
-            child_tags = {
-                "mlflow.parentRunId": parent,
-                "finch.stage": stage,
-                "finch.variant": variant,
-                "finch.seed": str(seed),
-            }
-            child = client.create_run(exp, run_name=child_name, tags=child_tags).info.run_id
-            client.log_metric(child, "accuracy", 0.7 + seed / 100)
-            client.set_terminated(child)
-            names[child] = child_name
-            children[parent].append(child)
+            child_tags = {"mlflow.parentRunId": parent, "finch.stage": stage, "finch.variant": variant}
+            child = client.create_run(exp, run_name=child_name, tags={**child_tags, "finch.seed": str(seed)})
+            client.log_metric(child.info.run_id, "accuracy", 0.7 + seed / 100)
+            client.set_terminated(child.info.run_id)
+            names[child.info.run_id] = child_name
+            children[parent].append(child.info.run_id)
     return uri, names, children
 
 
-def port_open(base_url: str) -> bool:
-    url = urllib.parse.urlsplit(base_url)
-    with socket.socket() as s:
-        s.settimeout(1)
-        return s.connect_ex((url.hostname, url.port)) == 0
+def test_seed_runs_are_children_of_their_summary_run(tmp_path):
+    uri, names, children = make_store(tmp_path)
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    for parent, kids in children.items():
+        found = client.search_runs([exp], filter_string=f"tags.mlflow.parentRunId = '{parent}'")
+        assert sorted(r.info.run_id for r in found) == sorted(kids), names[parent]
+    summaries = client.search_runs([exp], filter_string="tags.`finch.kind` = 'summary'")
+    assert {r.info.run_id for r in summaries} == set(children)
+    assert not any("mlflow.parentRunId" in r.data.tags for r in summaries)
 
 
-def test_nest_from_indentation():
-    rows = [
-        {"run_id": "p1", "indent": 56},
-        {"run_id": "c1", "indent": 80},
-        {"run_id": "c2", "indent": 80},
-        {"run_id": "p2", "indent": 56},
-        {"run_id": "c3", "indent": 80},
-    ]
-    assert [r["parent"] for r in nest(rows)] == [None, "p1", "p1", None, "p2"]
+def test_script_help_runs_standalone():
+    out = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0 and "--experiment" in out.stdout, out.stderr
 
 
 def test_missing_browser_says_what_to_install(monkeypatch, tmp_path):
-    monkeypatch.setenv(mlflow_ui.CHROMIUM_ENV, str(tmp_path / "no-such-chromium"))
-    with pytest.raises(BrowserMissing, match="install"):
-        mlflow_ui.require_browser()
+    monkeypatch.setenv(screenshot.CHROMIUM_ENV, str(tmp_path / "no-such-chromium"))
+    with pytest.raises(screenshot.BrowserMissing, match="install"):
+        screenshot.require_browser()
+
+
+def test_missing_store_is_named(tmp_path):
+    with (
+        pytest.raises(screenshot.UIError, match="no MLflow database at"),
+        screenshot.serve(f"sqlite:///{tmp_path}/x.db"),
+    ):
+        pass
 
 
 @pytest.mark.slow
-def test_runs_page_nests_seed_runs_under_summary_runs(tmp_path):
-    pytest.importorskip("playwright.sync_api", reason="Playwright not installed (pip install playwright)")
-    if find_chromium() is None:
-        pytest.skip("no Chromium executable (apt-get install chromium, or set FINCH_CHROMIUM)")
+def test_screenshot_shows_the_runs_in_a_real_browser(tmp_path):
+    pytest.importorskip("playwright.sync_api", reason="Playwright not installed (bash scripts/setup-test.sh)")
+    if screenshot.find_chromium() is None:
+        pytest.skip("no Chromium executable (bash scripts/setup-test.sh as root, or set FINCH_CHROMIUM)")
     from PIL import Image
 
     uri, names, children = make_store(tmp_path)
-    parents = set(children)
-    child_ids = {c for cs in children.values() for c in cs}
     out = tmp_path / "shots" / "runs.png"
+    with mlflow_server(uri, (tmp_path / "mlartifacts").as_uri()) as base:
+        with pytest.raises(screenshot.UIError, match="no-such-experiment"):
+            screenshot.experiment_id(base, "no-such-experiment")
+        seen = screenshot.screenshot_runs(base, EXPERIMENT, out, viewport=(1600, 1000))
 
-    with mlflow_ui.mlflow_ui(uri) as base:
-        assert port_open(base)
-        with pytest.raises(UIError, match="no-such-experiment"):
-            mlflow_ui.experiment_id(base, "no-such-experiment")
-        seen = mlflow_ui.screenshot_runs(None, EXPERIMENT, out, base_url=base, viewport=(1600, 1000))
-    assert not port_open(base), "the server should be stopped when the context exits"
-
-    # (a) the summary runs are the table's top-level rows, each with an expander
-    top = {r["run_id"]: r for r in seen["top_level"]}
-    assert set(top) == parents, seen["top_level"]
-    assert {top[p]["name"] for p in parents} == set(FAMILIES)
-    assert all(top[p]["expander"] for p in parents)
-    # (b) before expanding no seed run is a top-level row; after it, each one sits in a block
-    # right under its own parent, indented further than the parent
-    assert not child_ids & set(top)
-    rows = seen["rows"]
-    by_id = {r["run_id"]: r for r in rows}
-    assert set(by_id) == parents | child_ids
-    assert seen["expanded"] == len(parents)
-    order = [r["run_id"] for r in rows]
-    for parent, kids in children.items():
-        assert by_id[parent]["parent"] is None
-        i = order.index(parent)
-        assert set(order[i + 1 : i + 1 + len(kids)]) == set(kids), (names[parent], [names[o] for o in order])
-        for kid in kids:
-            assert by_id[kid]["parent"] == parent
-            assert by_id[kid]["name"] == names[kid]
-            assert by_id[kid]["indent"] > by_id[parent]["indent"]
-            assert not by_id[kid]["expander"]
-    assert seen["nested"]
-    assert {p: sorted(c) for p, c in seen["nesting"].items()} == {
-        names[p]: sorted(names[k] for k in kids) for p, kids in children.items()
-    }
-    assert seen["matching_runs"] == len(parents) + len(child_ids)
+    # the summary runs are the table's top-level rows; expanded, every run shows
+    assert sorted(seen["top_level"]) == sorted(FAMILIES)
+    assert seen["expanded"] == len(children)
+    assert sorted(seen["shown"]) == sorted(names.values())
+    assert seen["matching_runs"] == len(names)
     assert not [n for n in seen["notes"] if "column" in n], seen["notes"]
-    # (c) a real screenshot: the viewport's size at least, and not a blank page
+    # a real screenshot: the viewport's size at least, and not a blank page
     assert out.is_file() and out.stat().st_size > 20_000
     with Image.open(out) as img:
-        assert img.format == "PNG"
+        assert img.format == "PNG" and list(img.size) == seen["size"]
         assert img.size[0] >= 1600 and img.size[1] >= 1000
-        assert list(img.size) == seen["size"]
         colours = img.convert("RGB").getcolors(maxcolors=1 << 20)
         assert colours is not None and len(colours) > 100

@@ -59,7 +59,7 @@ def test_smoke_outputs_and_records(smoke_repo):
     ]:
         assert (repo / path).is_file(), path
     records = find_records(repo / "reports/runs")
-    runs = sorted((r.data["stage"], r.data["variant"], r.data["seed"]) for r in records)
+    runs = sorted((r.stage, r.variant, r.seed) for r in records)
     assert [r for r in runs if r[0] in ("pretrain", "teacher")] == [
         ("pretrain", "source", 0),
         ("pretrain", "vit_source", 0),
@@ -74,13 +74,13 @@ def test_smoke_outputs_and_records(smoke_repo):
     strategies = [r for r in runs if r[0] == "finetune"]
     assert strategies == sorted(("finetune", v, s) for v in TRANSFER_STRATEGIES for s in (0, 1))
     for rec in records:
-        if rec.data["stage"] == "finetune":
-            m = rec.data["metrics"]
-            assert 0 < m["params_trainable"] <= m["params_total"], rec.data["variant"]
-            frozen = rec.data["variant"] not in ("full", "lp_ft", "scratch", "vit_full")  # probes: backbone frozen
-            assert (m["params_trainable"] < m["params_total"]) == frozen, rec.data["variant"]
-    hard = next(r for r in records if r.data["variant"] == "hard")
-    assert {"accuracy.head_cls", "accuracy.head_dist", "teacher_agreement"} <= set(hard.data["metrics"])
+        if rec.stage == "finetune":
+            m = rec.metrics
+            assert 0 < m["params_trainable"] <= m["params_total"], rec.variant
+            frozen = rec.variant not in ("full", "lp_ft", "scratch", "vit_full")  # probes: backbone frozen
+            assert (m["params_trainable"] < m["params_total"]) == frozen, rec.variant
+    hard = next(r for r in records if r.variant == "hard")
+    assert {"accuracy.head_cls", "accuracy.head_dist", "teacher_agreement"} <= set(hard.metrics)
     results = (repo / "reports/results.md").read_text()
     assert "CNN teacher" in results and "95% t interval" in results
     assert "Paired differences against `none`" in results
@@ -92,8 +92,8 @@ def test_smoke_outputs_and_records(smoke_repo):
     assert set(quality["per_class"]) == {"T-shirt/top", "Pullover", "Coat", "Shirt"}
     assert quality["overall"]["fid"] > 0 and 0 <= quality["overall"]["precision"] <= 1
     assert [r for r in runs if r[0] == "ablation"] == [("ablation", "focal", 0), ("ablation", "focal", 1)]
-    focal = next(r for r in records if r.data["stage"] == "ablation")
-    assert focal.data["params"]["recipe.loss.name"] == "focal"
+    focal = next(r for r in records if r.stage == "ablation")
+    assert focal.params["recipe.loss.name"] == "focal"
     assert "Recipe ablation" in results and "Ensembles of the seed models" in results
     assert "Wilcoxon p (Holm)" in results and "seeds for 80%" in results
     ensemble = json.loads((repo / "reports/runs/teacher/default/ensemble.json").read_text())
@@ -222,13 +222,13 @@ def test_a_training_stage_runs_under_torchrun(smoke_repo):
     set_param(repo, "runtime.launcher", f"{sys.executable} -m torch.distributed.run --standalone --nproc_per_node=2")
     set_param(repo, "runtime.threads", 1)
     run(["dvc", "repro", "-s", "train_teacher"], repo, env)
-    teachers = [r for r in find_records(repo / "reports/runs") if r.data["stage"] == "teacher"]
-    assert sorted(r.data["seed"] for r in teachers) == [0, 1]  # written once, by rank 0
+    teachers = [r for r in find_records(repo / "reports/runs") if r.stage == "teacher"]
+    assert sorted(r.seed for r in teachers) == [0, 1]  # written once, by rank 0
     card = json.loads((repo / "data/prepared/card.json").read_text())
     n_test = sum(card["target"]["counts"]["test"].values())
     for rec in teachers:
-        assert rec.data["tags"]["finch.world_size"] == "2"
-        assert sum(map(sum, rec.data["confusion"])) == n_test  # every test image once
+        assert rec.tags["finch.world_size"] == "2"
+        assert sum(map(sum, rec.confusion)) == n_test  # every test image once
     mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["finch-smoke"], filter_string="tags.`finch.world_size` = '2'")
     assert sorted(runs["tags.mlflow.runName"]) == ["teacher/seed=0", "teacher/seed=1"]  # one run each

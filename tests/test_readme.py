@@ -14,7 +14,7 @@ def test_readme_headline_matches_reports():
     block = readme_block(ROOT / "README.md")
     assert block is not None, "README.md lacks the headline markers"
     assert block == render_from_reports(ROOT / "reports"), (
-        "README.md's headline table differs from reports/: run the aggregate stage (dvc repro) and commit"
+        "README.md's headline table differs from reports/headline.md: run `finch readme` and commit"
     )
     assert block == (ROOT / "reports" / "headline.md").read_text()
 

@@ -6,7 +6,7 @@ import torch
 from finch.config import FinchConfig
 from finch.io import load_tensors
 from finch.models import build_model
-from finch.runs import find_records
+from finch.runs import RunKind, find_records
 from finch.study import CHECKPOINT_ROOT, Variant, train_variant
 from finch.train.losses import Objective
 
@@ -56,11 +56,12 @@ def test_records_and_weights_per_seed(toy_task, tmp_path, monkeypatch):
         variant(toy_task, tiny_recipe(epochs=2)), toy_task, [0, 1], cfg, CPU, tmp_path / "runs", tmp_path / "models"
     )
     records = find_records(tmp_path / "runs")
-    assert [r.data["seed"] for r in records] == [0, 1] and len(folders) == 2
-    rec = records[0].data
-    assert rec["tags"]["finch.run_key"] == rec["run_key"] and rec["run_name"] == "toy/seed=0"
-    assert {"accuracy", "f1_macro", "auroc_macro", "ece", "params_total", "class_acc.dark"} <= set(rec["metrics"])
-    assert {"train_time_s", "train_images_per_s", "eval_images_per_s", "peak_memory_mb"} <= set(rec["cost"])
+    assert [r.seed for r in records] == [0, 1] and len(folders) == 2
+    rec = records[0]
+    assert rec.tags["finch.run_key"] == rec.run_key and rec.run_name == "toy/seed=0"
+    assert rec.kind == RunKind.CLASSIFIER and rec.tags["finch.kind"] == "classifier"
+    assert {"accuracy", "f1_macro", "auroc_macro", "ece", "params_total", "class_acc.dark"} <= set(rec.metrics)
+    assert {"train_time_s", "train_images_per_s", "eval_images_per_s", "peak_memory_mb"} <= set(rec.cost)
     assert len(records[0].history) == 2
     weights = load_tensors(tmp_path / "models" / "default" / "seed=0.safetensors")
     model = build_model(TINY_MODEL, 2, 1)
@@ -87,5 +88,5 @@ def test_interrupted_stage_resumes_and_matches(toy_task, tmp_path, monkeypatch):
     assert (tmp_path / CHECKPOINT_ROOT / "toy" / "default" / "seed=0.pt").is_file()
     train_variant(variant(toy_task, recipe), toy_task, [0, 1], cfg, CPU, tmp_path / "b", tmp_path / "mb")
     for a, b in zip(find_records(tmp_path / "a"), find_records(tmp_path / "b"), strict=True):
-        assert a.data["metrics"] == b.data["metrics"]
+        assert a.metrics == b.metrics
         assert [r["val_loss"] for r in a.history] == [r["val_loss"] for r in b.history]

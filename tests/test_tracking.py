@@ -5,41 +5,33 @@ from pathlib import Path
 import pytest
 
 from finch.config import TrackingConfig
-from finch.runs import find_records, run_dir, write_record
+from finch.runs import RunKind, RunRecord, find_records
 from finch.tracking import KEY_TAG, Tracker, log_runs_safely, sync
 
 
 def fake_record(root: Path, seed: int) -> Path:
-    folder = run_dir(root, "teacher", "default", seed)
-    write_record(
-        folder,
-        {
-            "stage": "teacher",
-            "variant": "default",
-            "seed": seed,
-            "run_key": f"key{seed}",
-            "run_name": f"teacher/seed={seed}",
-            "params_hash": "h",
-            "params": {"recipe": {"lr": 0.1}},
-            "tags": {
-                "finch.stage": "teacher",
-                "finch.variant": "default",
-                "finch.seed": str(seed),
-                KEY_TAG: f"key{seed}",
-            },
-            "metrics": {"accuracy": 0.5 + seed / 10, "params_total": 10},
-            "cost": {"train_time_s": 1.0},
-            "best_epoch": 2,
-            "class_names": ["a", "b"],
-            "confusion": [[3, 1], [0, 4]],
-            "weights": str(root / "missing.safetensors"),
-        },
-        [
+    record = RunRecord(
+        stage="teacher",
+        variant="default",
+        seed=seed,
+        run_key=f"key{seed}",
+        run_name=f"teacher/seed={seed}",
+        params_hash="h",
+        kind=RunKind.CLASSIFIER,
+        params={"recipe": {"lr": 0.1}},
+        tags={"finch.stage": "teacher", "finch.variant": "default", "finch.seed": str(seed), KEY_TAG: f"key{seed}"},
+        metrics={"accuracy": 0.5 + seed / 10, "params_total": 10},
+        cost={"train_time_s": 1.0},
+        best_epoch=2,
+        class_names=["a", "b"],
+        confusion=[[3, 1], [0, 4]],
+        weights=str(root / "missing.safetensors"),
+        history=[
             {"epoch": 1, "train_loss": 1.0, "val_loss": 0.9, "val_accuracy": 0.6, "lr": 0.1},
             {"epoch": 2, "train_loss": 0.5, "val_loss": 0.6, "val_accuracy": 0.8, "lr": 0.05},
         ],
     )
-    return folder
+    return record.write(root)
 
 
 @pytest.fixture
@@ -65,8 +57,8 @@ def test_sync_logs_missing_runs_once(tmp_path, store):
     assert run.data.tags["finch.seed"] == "1"
     history = tracker.client.get_metric_history(run.info.run_id, "val_accuracy")
     assert [(m.step, m.value) for m in history] == [(1, 0.6), (2, 0.8)]
-    artifacts = {a.path for a in tracker.client.list_artifacts(run.info.run_id, "figures")}
-    assert artifacts == {"figures/confusion_matrix.png", "figures/learning_curves.png"}
+    # tracking only uploads: the record itself; figures are the report layer's, on the summary run
+    assert {a.path for a in tracker.client.list_artifacts(run.info.run_id)} == {"record"}
 
 
 def test_half_logged_run_is_replaced_not_duplicated(tmp_path, store):
@@ -76,7 +68,9 @@ def test_half_logged_run_is_replaced_not_duplicated(tmp_path, store):
         tracker.experiment_id, run_name="teacher/seed=0", tags={"finch.stage": "teacher"}
     )
     tracker.client.set_terminated(broken.info.run_id, "FAILED")
-    assert sync(find_records(tmp_path / "runs"), store, "test")["logged"] == 1
+    assert tracker.logged_keys() == set()  # looking deletes nothing ...
+    assert len(tracker.search()) == 1
+    assert sync(find_records(tmp_path / "runs"), store, "test")["logged"] == 1  # ... sync's explicit step does
     alive = Tracker(store, "test").search()
     assert len(alive) == 1 and alive[0].info.status == "FINISHED"
 
@@ -101,7 +95,17 @@ def test_summary_run_is_parent_of_its_seed_runs(tmp_path, store):
     summary = [
         {"metric": "accuracy", "mean": 0.6, "std": 0.1, "t_low": 0.4, "t_high": 0.8, "boot_low": 0.5, "boot_high": 0.7}
     ]
-    summaries = [{"stage": "teacher", "variant": "default", "rows": summary, "member_keys": [r.key for r in records]}]
+    figure = tmp_path / "teacher_default_confusion.png"
+    figure.write_bytes(b"\x89PNG\r\n\x1a\n")
+    summaries = [
+        {
+            "stage": "teacher",
+            "variant": "default",
+            "rows": summary,
+            "member_keys": [r.key for r in records],
+            "figures": [figure],
+        }
+    ]
     assert sync(records, store, "test", summaries)["summaries"] == 1
     assert sync(records, store, "test", summaries)["summaries"] == 0  # idempotent
 
@@ -111,6 +115,8 @@ def test_summary_run_is_parent_of_its_seed_runs(tmp_path, store):
     assert len(parents) == 1
     parent_id = parents.iloc[0]["run_id"]
     assert parents.iloc[0]["metrics.accuracy.t_low"] == pytest.approx(0.4)
+    listed = Tracker(store, "test").client.list_artifacts(parent_id, "figures")
+    assert [a.path for a in listed] == ["figures/teacher_default_confusion.png"]
     children = runs[runs["tags.mlflow.parentRunId"] == parent_id]
     assert sorted(children["tags.finch.seed"]) == ["0", "1", "2"]
     assert set(children["tags.finch.variant"]) == {"default"}

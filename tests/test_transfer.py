@@ -4,11 +4,20 @@ import pytest
 import torch
 from torch import nn
 
-from finch.config import FinetuneConfig, ModelConfig, RecipeConfig
+from finch.config import TRANSFER_STRATEGIES, FinetuneConfig, ModelConfig, RecipeConfig
+from finch.errors import ModelError
 from finch.io import save_tensors
 from finch.models import backbone_state, build_model, parameter_counts
 from finch.train.engine import fit
-from finch.transfer import build_network, extract_features, feature_extractor, feature_task, probe_head
+from finch.transfer import (
+    PROBES,
+    STRATEGIES,
+    build_network,
+    extract_features,
+    feature_extractor,
+    feature_task,
+    probe_head,
+)
 
 from .conftest import TINY_MODEL, tiny_recipe
 
@@ -47,7 +56,7 @@ def expected_trainable(strategy: str, model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-STRATEGIES = [
+NETWORKS = [
     "frozen_backbone",
     "partial",
     "full",
@@ -59,7 +68,47 @@ STRATEGIES = [
 ]
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_registry_holds_exactly_the_configurable_strategies():
+    assert tuple(STRATEGIES) == TRANSFER_STRATEGIES  # same names, same (default) order
+    assert PROBES == {"linear_probe": "cnn", "mlp_probe": "cnn", "vit_linear_probe": "vit"}
+    networks = {name for name, s in STRATEGIES.items() if not s.is_probe}
+    assert networks == set(NETWORKS) | {"vit_lora"}  # a new strategy needs a freezing test here
+    for name, spec in STRATEGIES.items():
+        assert spec.backbone in ("cnn", "vit"), name
+        expected = "probe_recipe" if spec.is_probe else {"cnn": "recipe", "vit": "vit_recipe"}[spec.backbone]
+        assert spec.recipe == expected, name
+
+
+def test_each_strategy_trains_with_its_recipe_and_settings():
+    fc = FinetuneConfig(
+        probe_recipe=RecipeConfig(epochs=3, augment={"flip": False, "translate": 0}, optimizer={"lr": 0.5}),
+        recipe=RecipeConfig(epochs=7),
+        vit_recipe=RecipeConfig(epochs=9),
+        backbone_lr_scale=0.2,
+    )
+    recipes = {name: spec.recipe_of(fc) for name, spec in STRATEGIES.items()}
+    assert recipes["linear_probe"] == recipes["mlp_probe"] == recipes["vit_linear_probe"] == fc.probe_recipe
+    assert recipes["frozen_backbone"].epochs == 3 and recipes["frozen_backbone"].optimizer == fc.probe_recipe.optimizer
+    assert recipes["frozen_backbone"].augment == fc.recipe.augment  # images, unlike the probe's cached features
+    for name in ("full", "lp_ft"):
+        assert recipes[name].optimizer.backbone_lr_scale == 0.2 and recipes[name].epochs == 7
+    assert recipes["partial"] == recipes["scratch"] == fc.recipe
+    assert recipes["vit_full"] == recipes["vit_lora"] == fc.vit_recipe
+    assert STRATEGIES["linear_probe"].settings(fc) == {"mlp_hidden": None}
+    assert STRATEGIES["mlp_probe"].settings(fc) == {"mlp_hidden": fc.mlp_hidden}
+    assert STRATEGIES["full"].settings(fc) == {"partial_stages": None, "lora": None}
+    assert STRATEGIES["partial"].settings(fc) == {"partial_stages": fc.partial_stages, "lora": None}
+    assert STRATEGIES["vit_lora"].settings(fc) == {"partial_stages": None, "lora": fc.lora.model_dump()}
+
+
+def test_probes_and_networks_are_not_mixed_up(toy_task, backbones):
+    with pytest.raises(ModelError, match="cached features"):
+        build_network("linear_probe", FT, TINY_MODEL, backbones["cnn"], toy_task)
+    with pytest.raises(ModelError, match="not a probe"):
+        probe_head("full", 16, 2, 8)
+
+
+@pytest.mark.parametrize("strategy", NETWORKS)
 def test_frozen_means_frozen(strategy, toy_task, backbones):
     kind = "vit" if strategy.startswith("vit") else "cnn"
     cfg = TINY_VIT if kind == "vit" else TINY_MODEL

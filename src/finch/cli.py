@@ -3,26 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 from pathlib import Path
 
 import yaml
 
-from finch.config import load_params, parse_params
+from finch.config import deep_merge, load_params, parse_params
 from finch.errors import ConfigError
 
 PROFILES = Path("profiles")
-
-
-def deep_merge(base: dict, override: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
 
 
 def render_profile(name: str, folder: Path = PROFILES) -> tuple[dict, str | None]:
@@ -58,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     v = sub.add_parser("verify", help="compare reports/runs.csv with the committed one")
     v.add_argument("--reference", help="a runs.csv to compare with (default: git HEAD's)")
     sub.add_parser("check", help="validate params.yaml")
+    sub.add_parser("readme", help="copy reports/headline.md (written by the aggregate stage) into README.md")
     args = parser.parse_args(argv)
     try:
         if args.command == "profile":
@@ -75,10 +65,22 @@ def main(argv: list[str] | None = None) -> int:
             sync_mlflow(load_params())
         elif args.command == "verify":
             return _verify(args.reference)
-    except (ConfigError, FileNotFoundError) as err:
+        elif args.command == "readme":
+            _readme()
+    except (ConfigError, FileNotFoundError, ValueError) as err:
         print(f"finch {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def _readme() -> None:
+    from finch.report.headline import update_readme
+
+    table = Path("reports/headline.md")
+    if not table.is_file():
+        raise FileNotFoundError(f"{table}: missing; run `dvc repro` (the aggregate stage writes it)")
+    changed = update_readme(Path("README.md"), table.read_text())
+    print(f"README.md: headline table {'updated from' if changed else 'already matches'} {table}")
 
 
 def _verify(reference: str | None) -> int:

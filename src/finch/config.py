@@ -6,6 +6,7 @@ out-of-range value fails before any work, naming the key and what is allowed.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from pathlib import Path
@@ -126,6 +127,11 @@ class AugmentConfig(Strict):
     mix_prob: float = Field(1.0, ge=0.0, le=1.0)
     randaugment: RandAugmentConfig = RandAugmentConfig()
 
+    @property
+    def mixing(self) -> bool:
+        """Whether mixup or cutmix is on: targets become soft label distributions."""
+        return self.mixup_alpha > 0 or self.cutmix_alpha > 0
+
 
 class EmaConfig(Strict):
     enabled: bool = False
@@ -163,8 +169,7 @@ class RecipeConfig(Strict):
 
     @model_validator(mode="after")
     def _mix_needs_even_batch(self) -> RecipeConfig:
-        mixing = self.augment.mixup_alpha > 0 or self.augment.cutmix_alpha > 0
-        if mixing and self.batch_size % 2:
+        if self.augment.mixing and self.batch_size % 2:
             raise ValueError(f"batch_size {self.batch_size} must be even when mixup/cutmix is on")
         return self
 
@@ -265,7 +270,7 @@ class FinetuneConfig(Strict):
         ):
             raise ValueError("finetune.strategies: lp_ft starts from linear_probe's head; list linear_probe before it")
         aug = self.probe_recipe.augment
-        if aug.flip or aug.translate or aug.erasing or aug.mixup_alpha or aug.cutmix_alpha:
+        if aug.flip or aug.translate or aug.erasing or aug.mixing:
             raise ValueError(
                 "finetune.probe_recipe.augment must be all off: probes train on cached features, not images"
             )
@@ -411,13 +416,14 @@ class FinchConfig(Strict):
 
 
 def deep_merge(base: dict, override: dict) -> dict:
-    """``base`` with ``override``'s keys replaced, recursing into nested mappings."""
-    out = dict(base)
+    """A copy of ``base`` with ``override``'s keys replaced, recursing into nested mappings;
+    shares no mutable value with either input."""
+    out = copy.deepcopy(base)
     for key, value in override.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = deep_merge(out[key], value)
         else:
-            out[key] = value
+            out[key] = copy.deepcopy(value)
     return out
 
 

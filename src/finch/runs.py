@@ -1,24 +1,43 @@
 """Per-run records: the source of truth for every training run.
 
-A run writes ``reports/runs/<stage>/<variant>/seed=<n>/record.json`` (params, tags,
-metrics, cost, confusion matrix) and ``history.csv`` (one row per epoch). MLflow is
-fed from these files, so a run restored by DVC's run-cache, or one whose logging
+A run writes ``reports/runs/<stage>/<variant>/seed=<n>/record.json`` (identity, tags, params,
+metrics, cost, what kind of run it is, its artifacts) and ``history.csv`` (one row per epoch).
+MLflow is fed from these files, so a run restored by DVC's run-cache, or one whose logging
 failed, can still be logged later by :func:`finch.tracking.sync`.
+
+:class:`RunRecord` is the one record type: every stage builds it through :meth:`RunRecord.create`,
+tracking uploads it, and the report reads it. Its ``kind`` says what the run is (a classifier
+with test metrics and a confusion matrix, or a GAN with loss curves), so no reader guesses it
+from the keys.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import json
-from dataclasses import dataclass
+import os
+import subprocess
+from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from finch.errors import ConfigError
 from finch.io import read_json, write_json, write_text
 
 RECORD = "record.json"
 HISTORY = "history.csv"
+
+
+class RunKind(StrEnum):
+    """What a run is; decides what the report and the tracker do with it."""
+
+    CLASSIFIER = "classifier"  # test metrics, a confusion matrix, validation curves
+    GAN = "gan"  # loss curves and sample grids; no test metrics
 
 
 def run_key(stage: str, variant: str, seed: int, params_hash: str) -> str:
@@ -35,35 +54,139 @@ def run_name(stage: str, variant: str, seed: int) -> str:
     return f"{stage}/seed={seed}" if variant == "default" else f"{stage}/{variant}/seed={seed}"
 
 
-@dataclass
-class RunRecord:
-    path: Path
-    data: dict
-    history: list[dict]
+@functools.cache
+def git_commit() -> str:
+    """The repository's HEAD commit, or "unknown" outside a git checkout."""
+    from finch.io import repo_root
+
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=repo_root())
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def run_tags(stage: str, variant: str, profile: str, **extra: str) -> dict[str, str]:
+    """The tags every Finch run carries in MLflow (seed runs, summaries, the explain run)."""
+    return {
+        "finch.stage": stage,
+        "finch.variant": variant,
+        "finch.profile": profile,
+        "finch.dvc_stage": os.environ.get("DVC_STAGE", "(run outside dvc)"),
+        "finch.git_commit": git_commit(),
+        **extra,
+    }
+
+
+class RunRecord(BaseModel):
+    """One training run: identity, tags, params, metrics, cost, kind and artifacts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    stage: str
+    variant: str
+    seed: int
+    run_key: str
+    run_name: str
+    params_hash: str
+    kind: RunKind
+    params: dict[str, Any]
+    tags: dict[str, str]
+    metrics: dict[str, float]
+    cost: dict[str, float]
+    best_epoch: int | None = None
+    epochs_run: int | None = None
+    stopped_early: bool = False
+    class_names: list[str] = Field(default_factory=list)
+    confusion: list[list[int]] | None = None
+    weights: str | None = None
+    artifacts: dict[str, str] = Field(default_factory=dict)  # MLflow folder name → local path
+    kfold: dict[str, Any] | None = None
+    warnings: list[str] = Field(default_factory=list)
+    # not in record.json: the per-epoch history lives in history.csv, the folder is where it was read
+    history: list[dict[str, float]] = Field(default_factory=list, exclude=True)
+    path: Path | None = Field(default=None, exclude=True)
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        stage: str,
+        variant: str,
+        seed: int,
+        kind: RunKind,
+        settings: dict,
+        profile: str,
+        device: str,
+        world_size: int = 1,
+        **fields: Any,
+    ) -> RunRecord:
+        """The record of a run defined by ``settings`` (hashed into its key); tags and names
+        follow from the identity. ``fields``: metrics, cost and the kind's own fields."""
+        from finch.config import config_hash, flatten
+
+        params_hash = config_hash(settings)
+        key = run_key(stage, variant, seed, params_hash)
+        tags = run_tags(
+            stage,
+            variant,
+            profile,
+            **{
+                "finch.seed": str(seed),
+                "finch.params_hash": params_hash,
+                "finch.run_key": key,
+                "finch.device": device,
+                "finch.world_size": str(world_size),
+                "finch.kind": str(kind),
+            },
+        )
+        return cls(
+            stage=stage,
+            variant=variant,
+            seed=seed,
+            run_key=key,
+            run_name=run_name(stage, variant, seed),
+            params_hash=params_hash,
+            kind=kind,
+            params=flatten(settings),
+            tags=tags,
+            **fields,
+        )
 
     @property
     def key(self) -> str:
-        return self.data["run_key"]
+        return self.run_key
 
-
-def write_record(folder: Path, record: dict, history: list[dict]) -> None:
-    write_json(folder / RECORD, record)
-    buf = io.StringIO()
-    if history:
-        writer = csv.DictWriter(buf, fieldnames=list(history[0]))
-        writer.writeheader()
-        writer.writerows(history)
-    write_text(folder / HISTORY, buf.getvalue())
+    def write(self, runs_root: Path) -> Path:
+        """Write record.json and history.csv under ``runs_root``; return the run's folder."""
+        folder = run_dir(runs_root, self.stage, self.variant, self.seed)
+        write_json(folder / RECORD, self.model_dump(mode="json"))
+        buf = io.StringIO()
+        if self.history:
+            writer = csv.DictWriter(buf, fieldnames=list(self.history[0]))
+            writer.writeheader()
+            writer.writerows(self.history)
+        write_text(folder / HISTORY, buf.getvalue())
+        self.path = folder
+        return folder
 
 
 def read_record(folder: Path) -> RunRecord:
-    data = read_json(folder / RECORD)
-    history = []
+    """The record in ``folder`` (record.json + history.csv); a malformed one names its file."""
+    folder = Path(folder)
+    try:
+        record = RunRecord.model_validate(read_json(folder / RECORD))
+    except ValidationError as err:
+        raise ConfigError(
+            f"{folder / RECORD}: not a Finch run record ({err.error_count()} problem(s): {err.errors()[0]['loc']} "
+            f"{err.errors()[0]['msg']}); re-run the stage that wrote it (dvc repro --force <stage>)"
+        ) from err
     hist_path = folder / HISTORY
     if hist_path.is_file():
         with hist_path.open() as f:
-            history = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
-    return RunRecord(path=folder, data=data, history=history)
+            record.history = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    record.path = folder
+    return record
 
 
 def find_records(runs_root: Path | str) -> list[RunRecord]:

@@ -1,16 +1,15 @@
-"""Training one variant over seeds: build, fit, test once, record, log.
+"""Training one run (a variant with one seed): build, fit, test once, record.
 
-Every training stage calls :func:`train_variant`; they differ in the model builder, the
-data and the objective they pass.
+Every training stage trains through :func:`train_run` (one seed) — in this process with
+:func:`train_variant`, or spread over worker processes by :mod:`finch.runner`; stages differ
+in the model builder, the data and the objective they pass.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import resource
 import shutil
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -18,12 +17,12 @@ from pathlib import Path
 import torch
 
 from finch import distributed
-from finch.config import FinchConfig, RecipeConfig, config_hash, flatten
+from finch.config import FinchConfig, RecipeConfig, config_hash
 from finch.data.splits import TaskData
 from finch.evaluate import HEAD_METRICS, agreement_with, classification_metrics, predict_heads
-from finch.io import repo_root, save_tensors
+from finch.io import save_tensors
 from finch.models import parameter_counts
-from finch.runs import run_dir, run_key, run_name, write_record
+from finch.runs import RunKind, RunRecord, run_key, run_name
 from finch.train.engine import fit
 from finch.train.losses import Objective
 from finch.train.runtime import seed_everything
@@ -45,19 +44,104 @@ class Variant:
     frozen_outside: int = 0  # parameters used but not in the model (a probe's cached backbone)
 
 
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=repo_root())
-        return out.stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def peak_memory_mb(device: torch.device) -> float:
     """CUDA: peak allocated by torch; CPU: the process's peak resident set size."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_settings(variant: Variant, data: TaskData, cfg: FinchConfig) -> dict:
+    """Everything that defines a run of ``variant`` (hashed into its key). The worker count is
+    not part of it: a run's numbers depend on its own settings, seed and thread count only."""
+    runtime = cfg.runtime.model_dump(exclude={"workers"})
+    return {**variant.settings, "data_hash": data.content_hash, "runtime": runtime}
+
+
+def train_run(
+    variant: Variant,
+    data: TaskData,
+    seed: int,
+    cfg: FinchConfig,
+    device: torch.device,
+    runs_root: Path,
+    models_root: Path,
+) -> tuple[Path | None, object]:
+    """Train ``variant`` with one seed: fit, test once, write weights and the run record.
+
+    Returns the record's folder (None on a non-zero torchrun rank) and the test probabilities
+    (for the seed ensemble). A checkpoint after every epoch lets a killed run resume.
+    """
+    settings = run_settings(variant, data, cfg)
+    key = run_key(variant.stage, variant.name, seed, config_hash(settings))
+    name = run_name(variant.stage, variant.name, seed)
+    seed_everything(seed)
+    model = variant.build_model(seed)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    checkpoint = CHECKPOINT_ROOT / variant.stage / variant.name / f"seed={seed}.pt"
+    objective = variant.objective(data, seed) if variant.objective else None
+    kfold = None
+    if variant.recipe.kfold.k >= 2:
+        result, kfold = fit_kfold(variant, data, seed, objective, device, cfg, checkpoint, key, name)
+    else:
+        result = fit(
+            model,
+            data,
+            variant.recipe,
+            seed=seed,
+            device=device,
+            objective=objective,
+            checkpoint_path=checkpoint,
+            fingerprint=key,
+            progress=cfg.runtime.progress,
+            desc=name,
+        )
+    metrics, cost, confusion, probs = test_once(result.model, objective, data, variant.recipe, cfg, device)
+    if not distributed.is_main():  # under torchrun, rank 0 alone writes and logs
+        return None, probs
+    metrics["params_total"] += variant.frozen_outside
+    weights = Path(models_root) / variant.name / f"seed={seed}.safetensors"
+    save_tensors(weights, result.model.state_dict(), {"run_key": key, "stage": variant.stage})
+    record = RunRecord.create(
+        stage=variant.stage,
+        variant=variant.name,
+        seed=seed,
+        kind=RunKind.CLASSIFIER,
+        settings=settings,
+        profile=cfg.profile,
+        device=str(device),
+        world_size=distributed.world_size(),
+        metrics=metrics,
+        cost={
+            "train_time_s": result.train_time_s,
+            "train_images_per_s": result.train_images_per_s,
+            **cost,
+            "peak_memory_mb": peak_memory_mb(device),
+        },
+        best_epoch=result.best_epoch,
+        epochs_run=len(result.history),
+        stopped_early=result.stopped_early,
+        class_names=data.class_names,
+        confusion=confusion,
+        weights=str(weights),
+        kfold=kfold,
+        history=result.history,
+    )
+    folder = record.write(runs_root)
+    log.info("%s: test accuracy %.4f (best epoch %d)", name, metrics["accuracy"], result.best_epoch)
+    return folder, probs
+
+
+def finish_variant(variant: Variant, data: TaskData, seeds: list[int], probs: list, cfg: FinchConfig, runs_root: Path):
+    """Once every seed of ``variant`` is done: drop its resume checkpoints, write its ensemble.
+
+    Checkpoints of finished seeds are kept until then: DVC deletes a stage's outputs before
+    re-running it, so an interrupted stage resumes from these.
+    """
+    shutil.rmtree(CHECKPOINT_ROOT / variant.stage / variant.name, ignore_errors=True)
+    if len(seeds) > 1:
+        write_ensemble(runs_root, variant, data, seeds, probs, cfg)
 
 
 def train_variant(
@@ -69,92 +153,16 @@ def train_variant(
     runs_root: Path,
     models_root: Path,
 ) -> list[Path]:
-    """Train ``variant`` once per seed; write weights and run records; return record dirs."""
-    settings = {**variant.settings, "data_hash": data.content_hash, "runtime": cfg.runtime.model_dump()}
-    params_hash = config_hash(settings)
-    commit = git_commit()
-    written = []
-    test_probs = []
+    """Train ``variant`` once per seed in this process; return the record folders."""
+    written, test_probs = [], []
     for seed in seeds:
-        key = run_key(variant.stage, variant.name, seed, params_hash)
-        name = run_name(variant.stage, variant.name, seed)
-        seed_everything(seed)
-        model = variant.build_model(seed)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        checkpoint = CHECKPOINT_ROOT / variant.stage / variant.name / f"seed={seed}.pt"
-        objective = variant.objective(data, seed) if variant.objective else None
-        kfold = None
-        if variant.recipe.kfold.k >= 2:
-            result, kfold = fit_kfold(variant, data, seed, objective, device, cfg, checkpoint, key, name)
-        else:
-            result = fit(
-                model,
-                data,
-                variant.recipe,
-                seed=seed,
-                device=device,
-                objective=objective,
-                checkpoint_path=checkpoint,
-                fingerprint=key,
-                progress=cfg.runtime.progress,
-                desc=name,
-            )
-        metrics, cost, confusion, probs = test_once(result.model, objective, data, variant.recipe, cfg, device)
-        if not distributed.is_main():  # under torchrun, rank 0 alone writes and logs
-            continue
-        test_probs.append(probs)
-        metrics["params_total"] += variant.frozen_outside
-        folder = run_dir(runs_root, variant.stage, variant.name, seed)
-        weights = Path(models_root) / variant.name / f"seed={seed}.safetensors"
-        save_tensors(weights, result.model.state_dict(), {"run_key": key, "stage": variant.stage})
-        record = {
-            "stage": variant.stage,
-            "variant": variant.name,
-            "seed": seed,
-            "run_key": key,
-            "run_name": name,
-            "params_hash": params_hash,
-            "params": flatten(settings),
-            "tags": {
-                "finch.stage": variant.stage,
-                "finch.variant": variant.name,
-                "finch.seed": str(seed),
-                "finch.profile": cfg.profile,
-                "finch.dvc_stage": os.environ.get("DVC_STAGE", "(run outside dvc)"),
-                "finch.git_commit": commit,
-                "finch.params_hash": params_hash,
-                "finch.run_key": key,
-                "finch.device": str(device),
-                "finch.world_size": str(distributed.world_size()),
-            },
-            "metrics": metrics,
-            "cost": {
-                "train_time_s": result.train_time_s,
-                "train_images_per_s": result.train_images_per_s,
-                **cost,
-                "peak_memory_mb": peak_memory_mb(device),
-            },
-            "best_epoch": result.best_epoch,
-            "epochs_run": len(result.history),
-            "stopped_early": result.stopped_early,
-            "class_names": data.class_names,
-            "confusion": confusion,
-            "weights": str(weights),
-        }
-        if kfold is not None:
-            record["kfold"] = kfold
-        write_record(folder, record, result.history)
-        log.info("%s: test accuracy %.4f (best epoch %d)", name, metrics["accuracy"], result.best_epoch)
-        written.append(folder)
-    # checkpoints of finished seeds are kept until the whole variant is done: DVC deletes a
-    # stage's outputs before re-running it, so an interrupted stage resumes from these
+        folder, probs = train_run(variant, data, seed, cfg, device, runs_root, models_root)
+        if folder is not None:
+            written.append(folder)
+            test_probs.append(probs)
     distributed.barrier()
-    if not distributed.is_main():
-        return written
-    shutil.rmtree(CHECKPOINT_ROOT / variant.stage / variant.name, ignore_errors=True)
-    if len(seeds) > 1:
-        write_ensemble(runs_root, variant, data, seeds, test_probs, cfg)
+    if distributed.is_main():
+        finish_variant(variant, data, seeds, test_probs, cfg, runs_root)
     return written
 
 

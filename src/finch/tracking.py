@@ -20,7 +20,7 @@ from pathlib import Path
 
 from finch.config import TrackingConfig, flatten
 from finch.io import shared_root
-from finch.runs import RunRecord, read_record
+from finch.runs import RunRecord, read_record, run_tags
 
 log = logging.getLogger(__name__)
 KEY_TAG = "finch.run_key"
@@ -49,6 +49,7 @@ class Tracker:
         from mlflow.tracking import MlflowClient
 
         self.cfg = cfg
+        self.profile = profile
         self.uri = tracking_uri(cfg, root)
         name = experiment_name(cfg, profile)
         with _store_lock(self.uri):  # MlflowClient opens the store: creates a new SQLite store's tables
@@ -87,28 +88,35 @@ class Tracker:
                 return runs
 
     def logged_runs(self) -> dict:
-        """Run key → run, for completely logged runs; half-logged leftovers are deleted."""
+        """Run key → run, for completely logged runs (finished, with their key tag)."""
         runs = {}
         for run in self.search("tags.`finch.stage` LIKE '%'"):
             key = run.data.tags.get(KEY_TAG)
             if key and run.info.status == "FINISHED":
                 runs[key] = run
-            elif run.info.status != "RUNNING":
-                self.client.delete_run(run.info.run_id)
         return runs
 
     def logged_keys(self) -> set[str]:
         return set(self.logged_runs())
 
+    def delete_incomplete_runs(self) -> int:
+        """Delete Finch runs that were never completely logged (a crash or an unreachable store
+        mid-upload: no key tag, or not finished), so a re-log does not show a run twice.
+        Runs still in progress are left alone. Returns how many were deleted."""
+        deleted = 0
+        for run in self.search("tags.`finch.stage` LIKE '%'"):
+            complete = run.data.tags.get(KEY_TAG) and run.info.status == "FINISHED"
+            if not complete and run.info.status != "RUNNING":
+                self.client.delete_run(run.info.run_id)
+                deleted += 1
+        return deleted
+
     def log_record(self, rec: RunRecord) -> str:
-        """Log one run: params, tags, per-epoch curves, metrics, figures and weights."""
+        """Upload one run record: params, tags, per-epoch curves, metrics, its artifacts and weights."""
         from mlflow.entities import Metric, Param
 
-        from finch.report import figures
-
-        d = rec.data
-        tags = {k: v for k, v in d["tags"].items() if k != KEY_TAG}
-        run = self.client.create_run(self.experiment_id, run_name=d["run_name"], tags=tags)
+        tags = {k: v for k, v in rec.tags.items() if k != KEY_TAG}
+        run = self.client.create_run(self.experiment_id, run_name=rec.run_name, tags=tags)
         run_id = run.info.run_id
         try:
             now = int(time.time() * 1000)
@@ -118,30 +126,20 @@ class Tracker:
                 for k, v in row.items()
                 if k != "epoch"
             ]
-            metrics += [Metric(k, float(v), now, 0) for k, v in {**d["metrics"], **d["cost"]}.items()]
-            if "best_epoch" in d:
-                metrics.append(Metric("best_epoch", float(d["best_epoch"]), now, 0))
-            params = [Param(k, str(v)[:6000]) for k, v in flatten(d["params"]).items()]
+            metrics += [Metric(k, float(v), now, 0) for k, v in {**rec.metrics, **rec.cost}.items()]
+            if rec.best_epoch is not None:
+                metrics.append(Metric("best_epoch", float(rec.best_epoch), now, 0))
+            params = [Param(k, str(v)[:6000]) for k, v in flatten(rec.params).items()]
             _log_batches(self.client, run_id, metrics, params)
-            with tempfile.TemporaryDirectory() as tmp:
-                if "confusion" in d:  # classifiers
-                    cm = Path(tmp) / "confusion_matrix.png"
-                    figures.confusion_figure(d["confusion"], d["class_names"], cm, title=d["run_name"])
-                    self.client.log_artifact(run_id, str(cm), "figures")
-                curves = Path(tmp) / "learning_curves.png"
-                if rec.history and "val_accuracy" in rec.history[0]:
-                    figures.curves_figure({d["run_name"]: rec.history}, curves, title=d["run_name"])
-                else:  # other runs (the GAN): every logged curve
-                    figures.history_figure(rec.history, curves, title=d["run_name"])
-                self.client.log_artifact(run_id, str(curves), "figures")
-            for name, folder in d.get("artifacts", {}).items():  # e.g. the GAN's per-epoch sample grids
+            for name, folder in rec.artifacts.items():  # e.g. the GAN's per-epoch sample grids
                 if Path(folder).is_dir():
                     self.client.log_artifacts(run_id, folder, name)
-            self.client.log_artifact(run_id, str(rec.path / "record.json"), "record")
-            weights = Path(d["weights"])  # relative to the workspace the stage ran in
-            if self.cfg.log_weights and weights.is_file():
+            if rec.path is not None:
+                self.client.log_artifact(run_id, str(rec.path / "record.json"), "record")
+            weights = Path(rec.weights) if rec.weights else None  # relative to the workspace the stage ran in
+            if self.cfg.log_weights and weights is not None and weights.is_file():
                 self.client.log_artifact(run_id, str(weights), "weights")
-            self.client.set_tag(run_id, KEY_TAG, d["run_key"])
+            self.client.set_tag(run_id, KEY_TAG, rec.run_key)
             self.client.set_terminated(run_id, "FINISHED")
         except Exception:
             self.client.set_terminated(run_id, "FAILED")
@@ -149,10 +147,17 @@ class Tracker:
         return run_id
 
     def log_summary(
-        self, stage: str, variant: str, summary_rows: list[dict], member_keys: list[str], present: dict
+        self,
+        stage: str,
+        variant: str,
+        summary_rows: list[dict],
+        member_keys: list[str],
+        present: dict,
+        figures: list[Path] = (),
     ) -> bool:
-        """One summary run per (stage, variant): mean, std and interval bounds as metrics; the
-        seed runs become its children (``mlflow.parentRunId``), so the UI nests them.
+        """One summary run per (stage, variant): mean, std and interval bounds as metrics, and the
+        variant's figures (rendered by the report layer); the seed runs become its children
+        (``mlflow.parentRunId``), so the UI nests them.
 
         ``present``: run key → run, from :meth:`logged_runs`. Returns whether a summary was created.
         """
@@ -164,16 +169,10 @@ class Tracker:
         created = key not in present
         if created:
             name = stage if variant == "default" else f"{stage}/{variant}"
-            run = self.client.create_run(
-                self.experiment_id,
-                run_name=f"{name}/summary",
-                tags={
-                    "finch.stage": stage,
-                    "finch.variant": variant,
-                    "finch.kind": "summary",
-                    "finch.seeds": str(len(member_keys)),
-                },
+            tags = run_tags(
+                stage, variant, self.profile, **{"finch.kind": "summary", "finch.seeds": str(len(member_keys))}
             )
+            run = self.client.create_run(self.experiment_id, run_name=f"{name}/summary", tags=tags)
             parent_id = run.info.run_id
             now = int(time.time() * 1000)
             metrics = []
@@ -183,6 +182,9 @@ class Tracker:
                     if value == value:  # skip NaN
                         metrics.append(Metric(f"{r['metric']}.{stat}", float(value), now, 0))
             _log_batches(self.client, parent_id, metrics, [])
+            for figure in figures:
+                if Path(figure).is_file():
+                    self.client.log_artifact(parent_id, str(figure), "figures")
             self.client.set_tag(parent_id, KEY_TAG, key)
             self.client.set_terminated(parent_id, "FINISHED")
         else:
@@ -230,9 +232,12 @@ def sync(
 ) -> dict[str, int]:
     """Log every record (and summary) not yet in MLflow; return what was logged.
 
-    ``summaries``: dicts with stage, variant, rows (summary rows) and member_keys.
+    ``summaries``: dicts with stage, variant, rows (summary rows), member_keys and figures (paths).
     """
     tracker = Tracker(cfg, profile)
+    removed = tracker.delete_incomplete_runs()
+    if removed:
+        log.info("MLflow: deleted %d incompletely logged run(s); they are logged again from their records", removed)
     present = tracker.logged_runs()
     missing = [rec for rec in records if rec.key not in present]
     for rec in missing:
@@ -240,7 +245,8 @@ def sync(
     if summaries and missing:  # the summaries adopt the runs just logged
         present = tracker.logged_runs()
     n_summaries = sum(
-        tracker.log_summary(s["stage"], s["variant"], s["rows"], s["member_keys"], present) for s in summaries or []
+        tracker.log_summary(s["stage"], s["variant"], s["rows"], s["member_keys"], present, s.get("figures", []))
+        for s in summaries or []
     )
     return {"logged": len(missing), "already_present": len(records) - len(missing), "summaries": n_summaries}
 

@@ -8,8 +8,6 @@ from finch.config import FinchConfig
 from finch.errors import ConfigError
 from finch.pipeline.common import PREPARED, REPORTS, RUNS, log
 
-README = Path("README.md")
-
 
 def aggregate(cfg: FinchConfig) -> None:
     """Tables, intervals and figures from every run record; then sync MLflow."""
@@ -23,25 +21,19 @@ def aggregate(cfg: FinchConfig) -> None:
         records, PREPARED / "card.json", REPORTS, cfg.aggregate, quality_path=REPORTS / "synthetic_quality.json"
     )
     log.info("wrote %s (%d runs)", REPORTS / "results.md", len(records))
-    write_headline(REPORTS, README)
+    write_headline(REPORTS)
     if cfg.tracking.enabled:
         sync_mlflow(cfg, records, summary)
 
 
-def write_headline(reports, readme) -> None:
-    """reports/headline.md from summary.json and comparisons.csv, copied into the README."""
+def write_headline(reports: Path) -> None:
+    """reports/headline.md from summary.json and comparisons.csv. The README shows it between its
+    markers; `finch readme` copies it there (scripts/study.sh does after `dvc repro`), and
+    tests/test_readme.py fails while the two differ. The stage itself writes only its outputs."""
     from finch.io import write_text
-    from finch.report.headline import render_from_reports, update_readme
+    from finch.report.headline import render_from_reports
 
-    table = render_from_reports(reports)
-    write_text(reports / "headline.md", table)
-    if readme.is_file():
-        try:
-            changed = update_readme(readme, table)
-        except ValueError as err:
-            log.warning("%s", err)
-        else:
-            log.info("%s: headline table %s", readme, "updated" if changed else "unchanged")
+    write_text(reports / "headline.md", render_from_reports(reports))
 
 
 def sync_mlflow(cfg: FinchConfig, records=None, summary=None) -> None:
@@ -56,11 +48,21 @@ def sync_mlflow(cfg: FinchConfig, records=None, summary=None) -> None:
 
         agg = cfg.aggregate
         summary = summarize(runs_table(records), agg.confidence, agg.bootstrap_resamples, agg.bootstrap_seed)
+    from finch.report.figures import variant_figures
+
     summaries = []
     if summary is not None:
         for (stage, variant), rows in summary.groupby(["stage", "variant"]):
-            keys = [r.key for r in records if r.data["stage"] == stage and r.data["variant"] == variant]
-            summaries.append({"stage": stage, "variant": variant, "rows": rows.to_dict("records"), "member_keys": keys})
+            keys = [r.key for r in records if r.stage == stage and r.variant == variant]
+            summaries.append(
+                {
+                    "stage": stage,
+                    "variant": variant,
+                    "rows": rows.to_dict("records"),
+                    "member_keys": keys,
+                    "figures": variant_figures(REPORTS / "figures", stage, variant),
+                }
+            )
     try:
         counts = sync(records, cfg.tracking, cfg.profile, summaries)
     except Exception as err:

@@ -97,8 +97,8 @@ def model_summaries(cfg: FinchConfig, data) -> dict[str, tuple[str, dict]]:
     from finch.gan import Discriminator, Generator
     from finch.io import read_json
     from finch.model_summary import summarize
-    from finch.models import build_model, freeze_all_but
-    from finch.transfer import PROBES, backbone_of, probe_head, trainable_rule, with_lora
+    from finch.models import build_model
+    from finch.transfer import STRATEGIES
 
     nc, chans = data.num_classes, data.in_chans
     source = read_json(PREPARED / "card.json").get("source_task")
@@ -140,17 +140,14 @@ def model_summaries(cfg: FinchConfig, data) -> dict[str, tuple[str, dict]]:
     fc = cfg.finetune
     backbones = {"cnn": cfg.pretrain.model, "vit": cfg.pretrain.vit_model}
     for strategy in fc.strategies:
-        model_cfg = backbones[backbone_of(strategy)]
-        if strategy in PROBES:
+        spec = STRATEGIES[strategy]
+        model_cfg = backbones[spec.backbone]
+        if spec.is_probe:
             dim = build_model(model_cfg, 0, chans).num_features
             note = f"finetune {strategy}: a head on cached {dim}-dim features of the frozen {model_cfg.name} backbone."
-            models[f"finetune_{strategy}"] = (note, probe_head(strategy, dim, nc, fc.mlp_hidden))
+            models[f"finetune_{strategy}"] = (note, spec.head(dim, nc, fc.mlp_hidden))
             continue
-        model = build_model(model_cfg, nc, chans)
-        if strategy == "vit_lora":
-            model = with_lora(model, fc)
-        else:
-            freeze_all_but(model, trainable_rule(strategy, model, fc))
+        model = spec.freeze(build_model(model_cfg, nc, chans), fc)
         models[f"finetune_{strategy}"] = (f"finetune {strategy}: {model_cfg.name} with this freezing rule.", model)
     return {name: (note, summarize(model, SUMMARY_DEPTH)) for name, (note, model) in models.items()}
 
@@ -181,27 +178,21 @@ def artifacts_key(figure: Path, folder: Path) -> str:
 def log_explanations(cfg: FinchConfig, figure: Path, folder: Path, params: dict) -> str | None:
     """One MLflow run holding the figure and the summaries; None when one with the same key exists.
 
-    The run key tag is set last, once everything else is logged, so ``Tracker.logged_keys``
-    deletes a half-logged run rather than trust it.
+    The run key tag is set last, once everything else is logged, so a half-logged run is
+    never trusted (``Tracker.delete_incomplete_runs`` removes it).
     """
     from mlflow.entities import Param
 
-    from finch.study import git_commit
+    from finch.runs import run_tags
     from finch.tracking import KEY_TAG, Tracker
 
     key = artifacts_key(figure, folder)
     tracker = Tracker(cfg.tracking, cfg.profile)
+    tracker.delete_incomplete_runs()  # a half-logged earlier attempt is replaced, not shown twice
     if key in tracker.logged_keys():
         return None
     client = tracker.client
-    tags = {
-        "finch.stage": "explain",
-        "finch.variant": "default",
-        "finch.kind": "artifacts",
-        "finch.profile": cfg.profile,
-        "finch.git_commit": git_commit(),
-        "finch.dvc_stage": "explain",
-    }
+    tags = run_tags("explain", "default", cfg.profile, **{"finch.kind": "artifacts"})
     run_id = client.create_run(tracker.experiment_id, run_name="explain", tags=tags).info.run_id
     try:
         client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])

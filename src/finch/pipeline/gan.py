@@ -13,60 +13,44 @@ def train_gan(cfg: FinchConfig) -> None:
     """Train the class-conditional DCGAN on the target training images; log it like any run."""
     import time
 
-    from finch.config import config_hash, flatten
     from finch.data.splits import load_task
     from finch.gan import train_gan as train
     from finch.io import save_tensors
-    from finch.runs import run_dir, run_key, write_record
-    from finch.study import git_commit
+    from finch.runs import RunKind, RunRecord
     from finch.tracking import log_runs_safely
     from finch.train.runtime import configure
 
     device = configure(cfg.runtime)
     data = load_task(PREPARED, "target")
     settings = {"gan": cfg.gan.model_dump(), "data_hash": data.content_hash, "runtime": cfg.runtime.model_dump()}
-    params_hash = config_hash(settings)
-    key = run_key("gan", "default", cfg.gan.seed, params_hash)
     start = time.perf_counter()
     result = train(data, cfg.gan, cfg.gan.seed, device, grid_dir=GAN_DIR / "grids")
     weights = GAN_DIR / "generator.safetensors"
-    save_tensors(weights, result.generator.state_dict(), {"run_key": key, "classes": ",".join(data.class_names)})
-    folder = run_dir(RUNS, "gan", "default", cfg.gan.seed)
     last = result.history[-1]
-    write_record(
-        folder,
-        {
-            "stage": "gan",
-            "variant": "default",
-            "seed": cfg.gan.seed,
-            "run_key": key,
-            "run_name": f"gan/seed={cfg.gan.seed}",
-            "params_hash": params_hash,
-            "params": flatten(settings),
-            "tags": {
-                "finch.stage": "gan",
-                "finch.variant": "default",
-                "finch.seed": str(cfg.gan.seed),
-                "finch.profile": cfg.profile,
-                "finch.git_commit": git_commit(),
-                "finch.params_hash": params_hash,
-                "finch.run_key": key,
-                "finch.device": str(device),
-                "finch.dvc_stage": "train_gan",
-            },
-            "metrics": {
-                "final_d_loss": last["d_loss"],
-                "final_g_loss": last["g_loss"],
-                "warnings": float(len(result.warnings)),
-            },
-            "cost": {"train_time_s": time.perf_counter() - start},
-            "warnings": result.warnings,
-            "class_names": data.class_names,
-            "weights": str(weights),
-            "artifacts": {"sample_grids": str(GAN_DIR / "grids")},
+    record = RunRecord.create(
+        stage="gan",
+        variant="default",
+        seed=cfg.gan.seed,
+        kind=RunKind.GAN,
+        settings=settings,
+        profile=cfg.profile,
+        device=str(device),
+        metrics={
+            "final_d_loss": last["d_loss"],
+            "final_g_loss": last["g_loss"],
+            "warnings": float(len(result.warnings)),
         },
-        result.history,
+        cost={"train_time_s": time.perf_counter() - start},
+        warnings=result.warnings,
+        class_names=data.class_names,
+        weights=str(weights),
+        artifacts={"sample_grids": str(GAN_DIR / "grids")},
+        history=result.history,
     )
+    save_tensors(
+        weights, result.generator.state_dict(), {"run_key": record.run_key, "classes": ",".join(data.class_names)}
+    )
+    folder = record.write(RUNS)
     log_runs_safely([folder], cfg.tracking, cfg.profile)
 
 

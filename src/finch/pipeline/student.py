@@ -18,7 +18,6 @@ def train_student(cfg: FinchConfig) -> None:
     data = load_task(PREPARED, "target")
     sc = cfg.student
     recipe = sc.recipe
-    mixing = recipe.augment.mixup_alpha > 0 or recipe.augment.cutmix_alpha > 0
     folders = []
     for name in sc.variants:
 
@@ -28,7 +27,7 @@ def train_student(cfg: FinchConfig) -> None:
                 teacher = load_teacher(
                     cfg.teacher.model, teacher_weights(seed), data.num_classes, data.in_chans, device
                 )
-            return DistillationObjective(recipe.loss, data.num_classes, mixing, name, sc, teacher)
+            return DistillationObjective(recipe.loss, data.num_classes, recipe.augment.mixing, name, sc, teacher)
 
         settings = {"student": sc.model_dump(exclude={"variants"}), "variant": name}
         if name != "none":  # the teacher of each seed is part of what defines the run

@@ -1,8 +1,13 @@
-"""Figures: confusion matrices, learning curves and forest plots (matplotlib, no display)."""
+"""Figures: confusion matrices, learning curves, forest and Pareto plots (matplotlib, no display).
+
+:func:`write_figures` draws every figure of results.md from the report's data; the names below
+are the one place figure files are named (the template and the MLflow summaries use them too).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -12,6 +17,84 @@ import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
 from finch.io import write_with  # noqa: E402
+from finch.report.comparisons import on_pareto_front  # noqa: E402
+from finch.report.tables import summed_confusion, variant_label  # noqa: E402
+
+if TYPE_CHECKING:
+    from finch.report.results import Report
+
+
+def slug(stage: str, variant: str) -> str:
+    return variant_label(stage, variant).replace("/", "_")
+
+
+# File names of the figures, relative to the figures folder; the template names them through these.
+def confusion_file(stage: str, variant: str) -> str:
+    return f"{slug(stage, variant)}_confusion.png"
+
+
+def curves_file(stage: str, variant: str) -> str:
+    return f"{slug(stage, variant)}_curves.png"
+
+
+def losses_file(stage: str, variant: str) -> str:  # a GAN's per-epoch losses
+    return f"{slug(stage, variant)}_losses.png"
+
+
+def paired_file(stage: str) -> str:
+    return f"{stage}_paired_differences.png"
+
+
+def variant_curves_file(stage: str) -> str:
+    return f"{stage}_variants_curves.png"
+
+
+def pareto_file(stage: str) -> str:
+    return f"{stage}_pareto.png"
+
+
+def forest_file(metric: str) -> str:
+    return f"forest_{metric}.png"
+
+
+def variant_figures(fig_dir: Path, stage: str, variant: str) -> list[Path]:
+    """The figures written for one (stage, variant) that exist: its confusion matrix and learning
+    curves (classifiers) or its loss curves (a GAN)."""
+    paths = [Path(fig_dir) / f(stage, variant) for f in (confusion_file, curves_file, losses_file)]
+    return [p for p in paths if p.is_file()]
+
+
+def write_figures(report: Report, fig_dir: Path) -> None:
+    """Every figure results.md shows, under ``fig_dir``."""
+    for section in report.studies:
+        stage = section.study.key
+        for rec in section.gan_records:
+            title = "conditional DCGAN: losses per epoch"
+            history_figure(rec.history, fig_dir / losses_file(rec.stage, rec.variant), title=title)
+        c = section.comparison
+        if c is not None:
+            if c.has_differences:
+                title = f"{stage}: paired accuracy differences over seeds"
+                rows = c.paired.to_dict("records")
+                forest_figure(rows, "accuracy difference", fig_dir / paired_file(stage), title=title, zero=True)
+            curves = {v: curve.to_dict("records") for v, curve in c.curves.items()}
+            variant_curves_figure(curves, fig_dir / variant_curves_file(stage), title=f"{stage}: mean over seeds")
+            if c.pareto is not None:
+                title = f"{stage}: accuracy against cost"
+                pareto_figure(c.pareto.to_dict("records"), fig_dir / pareto_file(stage), title=title)
+        for v in section.variants:
+            label, recs = variant_label(v.stage, v.variant), v.records
+            confusion_figure(
+                summed_confusion(recs),
+                recs[0].class_names,
+                fig_dir / confusion_file(v.stage, v.variant),
+                title=f"{label}: confusion summed over {len(recs)} seed(s)",
+            )
+            histories = {f"seed {r.seed}": r.history for r in sorted(recs, key=lambda r: r.seed)}
+            curves_figure(histories, fig_dir / curves_file(v.stage, v.variant), title=f"{label}: learning curves")
+    for metric, rows in report.forest.items():
+        if not rows.empty:
+            forest_figure(rows.to_dict("records"), metric, fig_dir / forest_file(metric))
 
 
 def _save(fig, path: Path | str) -> None:
@@ -95,16 +178,6 @@ def variant_curves_figure(curves: dict[str, list[dict]], path: Path | str, title
     ax.grid(alpha=0.3)
     ax.set_title(title or "learning curves by variant")
     _save(fig, path)
-
-
-def on_pareto_front(point: dict, points: list[dict], cost: str) -> bool:
-    """No other point is at least as accurate and at most as costly, and strictly better in one."""
-    return not any(
-        q["accuracy"] >= point["accuracy"]
-        and q[cost] <= point[cost]
-        and (q["accuracy"] > point["accuracy"] or q[cost] < point[cost])
-        for q in points
-    )
 
 
 def pareto_figure(points: list[dict], path: Path | str, title: str = "") -> None:

@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 
 from finch.io import write_with
-from finch.runs import RunRecord
+from finch.report.studies import study
+from finch.runs import RunKind, RunRecord
 
 
 def mean_curves(records: list[RunRecord], stage: str) -> pd.DataFrame:
@@ -20,8 +21,8 @@ def mean_curves(records: list[RunRecord], stage: str) -> pd.DataFrame:
     seeds (epochs every seed reached)."""
     by_variant: dict[str, list[RunRecord]] = {}
     for rec in records:
-        if rec.data["stage"] == stage and rec.history and "val_accuracy" in rec.history[0]:
-            by_variant.setdefault(rec.data["variant"], []).append(rec)
+        if rec.stage == stage and rec.kind == RunKind.CLASSIFIER and rec.history:
+            by_variant.setdefault(rec.variant, []).append(rec)
     if not by_variant:
         return pd.DataFrame()
     n = max(min(len(r.history) for r in recs) for recs in by_variant.values())
@@ -34,8 +35,10 @@ def mean_curves(records: list[RunRecord], stage: str) -> pd.DataFrame:
 
 
 def accuracy_by_variant(summary: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
-    """Long table: one row per (stage, variant) with the mean and t interval of ``metric``."""
-    rows = summary[(summary.metric == metric) & (summary.stage != "pretrain")]
+    """Long table: one row per (stage, variant) with the mean and t interval of ``metric``, for
+    the studies tested on the target task (see :class:`finch.report.studies.Study`)."""
+    on_target = summary.stage.map(lambda stage: study(stage).target_task)
+    rows = summary[(summary.metric == metric) & on_target]
     out = pd.DataFrame(
         {
             "variant": rows.stage + "/" + rows.variant,
@@ -56,7 +59,7 @@ def write_plot_data(records: list[RunRecord], summary: pd.DataFrame, out: Path) 
     path = out / "accuracy.csv"
     write_with(path, lambda tmp: acc.to_csv(tmp, index=False, float_format="%.6g"))
     written.append(path)
-    for stage in sorted({r.data["stage"] for r in records}):
+    for stage in sorted({r.stage for r in records}):
         curves = mean_curves(records, stage)
         if not curves.empty:
             path = out / f"curves_{stage}.csv"

@@ -75,7 +75,7 @@ class BatchAugment:
                 label_smoothing=label_smoothing,
                 num_classes=num_classes,
             )
-            if cfg.mixup_alpha > 0 or cfg.cutmix_alpha > 0
+            if cfg.mixing
             else None
         )
 

@@ -16,8 +16,9 @@ from finch.io import write_with
 log = logging.getLogger(__name__)
 
 
-def save_resume_state(path: Path, state: dict) -> None:
-    write_with(path, lambda tmp: torch.save(state, tmp))
+def save_resume_state(path: Path, state: dict, fingerprint: str) -> None:
+    """Write ``state`` (tensors and plain data only) with the ``fingerprint`` of its run."""
+    write_with(path, lambda tmp: torch.save({"fingerprint": fingerprint, **state}, tmp))
 
 
 def load_resume_state(path: Path, fingerprint: str) -> dict | None:

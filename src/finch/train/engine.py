@@ -4,7 +4,9 @@ Stages differ only in the model, the data and the :class:`Objective`; the loop b
 the whole of training: batched augmentation, optimizer and schedule, EMA, AMP on CUDA,
 gradient clipping, validation every epoch with best-checkpoint selection and early
 stopping, resume from the last epoch's checkpoint, and a clear stop on a non-finite loss.
-The test split is not seen here: callers evaluate it once, after ``fit``.
+:class:`TrainState` is everything that changes while training (and what a resume checkpoint
+holds); :func:`train_one_epoch` is the step loop. The test split is not seen here: callers
+evaluate it once, after ``fit``.
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ import logging
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 import torch
+from timm.scheduler.scheduler import Scheduler
 from timm.utils import ModelEmaV3
 from tqdm.auto import tqdm
 
@@ -70,6 +73,190 @@ def validate(model, data: TaskData, recipe: RecipeConfig, device, objective) -> 
     return {"val_loss": float(-np.log(p_true).mean()), "val_accuracy": float((probs.argmax(1) == y).mean())}
 
 
+@dataclass
+class TrainState:
+    """Everything that changes while a run trains; :meth:`state_dict` is a resume checkpoint.
+
+    ``epoch`` counts finished epochs; ``best_state`` holds the weights of the best one.
+    """
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Scheduler | None
+    ema: ModelEmaV3 | None
+    scaler: torch.amp.GradScaler | None
+    generator: torch.Generator
+    epoch: int = 0
+    global_step: int = 0
+    best_score: float = -math.inf
+    best_state: dict | None = None
+    best_epoch: int = 0
+    stale: int = 0  # epochs since the best one
+    history: list[dict] = field(default_factory=list)
+    train_time_s: float = 0.0  # wall time of the epochs, validation included
+    train_images: int = 0  # images trained on (all ranks), for the throughput
+    train_seconds: float = 0.0  # ... and the time that took
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The model validated and selected: the EMA weights when EMA is on."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def record_epoch(self, row: dict, score: float) -> None:
+        """Add a finished epoch's row; keep its weights when ``score`` is the best so far."""
+        self.epoch = row["epoch"]
+        self.history.append(row)
+        self.train_time_s += row["epoch_time_s"]
+        if score > self.best_score:
+            self.best_score, self.best_state, self.stale = score, copy.deepcopy(self.eval_model.state_dict()), 0
+            self.best_epoch = self.epoch
+        else:
+            self.stale += 1
+
+    def state_dict(self) -> dict:
+        """Tensors and plain data only, so that it loads back with ``torch.load(weights_only=True)``."""
+        return {
+            **{name: getattr(self, name) for name in _PROGRESS},
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": scheduler_state(self.scheduler),
+            "ema": self.ema.module.state_dict() if self.ema is not None else {},
+            "scaler": self.scaler.state_dict() if self.scaler is not None else {},
+            "rng": rng_state(self.generator),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        for name in _PROGRESS:
+            setattr(self, name, state[name])
+        self.history = list(self.history)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        load_scheduler_state(self.scheduler, state["scheduler"])
+        if self.ema is not None:
+            self.ema.module.load_state_dict(state["ema"])
+        if self.scaler is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        restore_rng_state(state["rng"], self.generator)
+
+
+# the counters (the fields with a start value) are saved as they are; the parts above them
+# (model, optimizer, ...) each through their own state dict
+_PROGRESS = tuple(f.name for f in fields(TrainState) if f.default is not MISSING or f.default_factory is not MISSING)
+
+
+@dataclass(frozen=True)
+class EpochPlan:
+    """What every epoch repeats: the batches it draws and how a batch becomes a loss."""
+
+    data: TaskData
+    recipe: RecipeConfig
+    device: torch.device
+    forward: torch.nn.Module  # the model, or its DDP wrapper under torchrun
+    objective: Objective
+    augment: BatchAugment
+    rand_augment: TensorRandAugment | None
+    penalty: ParameterPenalty | None
+    amp_dtype: torch.dtype | None
+    batch: int  # per rank
+    steps: int  # per epoch
+    world: int
+    desc: str
+
+    @classmethod
+    def build(
+        cls,
+        model: torch.nn.Module,
+        forward: torch.nn.Module,
+        data: TaskData,
+        recipe: RecipeConfig,
+        device: torch.device,
+        objective: Objective,
+        batch: int,
+        steps: int,
+        world: int,
+        desc: str,
+    ) -> EpochPlan:
+        """The recipe's augmentation, penalty and precision for ``model`` (trained through ``forward``)."""
+        augment = recipe.augment
+        return cls(
+            data=data,
+            recipe=recipe,
+            device=device,
+            forward=forward,
+            objective=objective,
+            augment=BatchAugment(augment, data.num_classes, recipe.loss.label_smoothing, device),
+            rand_augment=TensorRandAugment(augment.randaugment) if augment.randaugment.num_ops else None,
+            penalty=ParameterPenalty(model, recipe.penalty) if recipe.penalty.weight > 0 else None,
+            amp_dtype=_amp_dtype(recipe.amp, device),
+            batch=batch,
+            steps=steps,
+            world=world,
+            desc=desc,
+        )
+
+    def autocast(self):
+        """Mixed precision on CUDA when the recipe asks for it; otherwise full precision."""
+        if self.amp_dtype:
+            return autocast_for(self.device, self.amp_dtype)
+        return torch.autocast(self.device.type, enabled=False)
+
+
+def train_one_epoch(state: TrainState, plan: EpochPlan) -> float:
+    """One pass over this rank's shard of a fresh permutation of the training split; returns
+    the mean training loss on this rank."""
+    start = time.perf_counter()
+    model, optimizer, scaler = state.model, state.optimizer, state.scaler
+    recipe, train = plan.recipe, plan.data.train
+    model.train()
+    keep_frozen_norms_in_eval(model)
+    order = torch.randperm(len(train), generator=state.generator)  # the same on every rank
+    if plan.world > 1:
+        order = distributed.shard(order)
+    loss_sum = 0.0
+    for step in range(plan.steps):
+        idx = order[step * plan.batch : (step + 1) * plan.batch]
+        raw = train.x[idx]
+        if plan.rand_augment is not None:
+            raw = plan.rand_augment(raw)
+        x = plan.data.to_inputs(raw, plan.device)
+        y = train.y[idx].to(plan.device, non_blocking=True)
+        x, y = plan.augment(x, y, state.generator)
+        if recipe.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with plan.autocast():
+            outputs = plan.forward(x)
+            loss = plan.objective.loss(outputs, y, x)
+            if plan.penalty is not None:
+                loss = loss + plan.penalty()
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"{plan.desc}: loss is {loss.item()} at epoch {state.epoch + 1}, step {step + 1}; "
+                f"lower recipe.optimizer.lr (now {recipe.optimizer.lr}) or set recipe.grad_clip"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        if recipe.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        state.global_step += 1
+        if state.ema is not None:
+            state.ema.update(model, step=state.global_step)
+        if state.scheduler is not None:
+            state.scheduler.step_update(num_updates=state.global_step)
+        loss_sum += loss.item()
+    state.train_seconds += time.perf_counter() - start
+    state.train_images += plan.steps * plan.batch * plan.world
+    return loss_sum / plan.steps
+
+
 def fit(
     model: torch.nn.Module,
     data: TaskData,
@@ -83,178 +270,105 @@ def fit(
     progress: bool = True,
     desc: str = "train",
 ) -> FitResult:
-    """Train ``model`` on ``data.train``, select on ``data.val``; return the selected model."""
+    """Train ``model`` on ``data.train``, select on ``data.val``; return the selected model.
+
+    With ``checkpoint_path``, the state is saved after every epoch and a run restarted with
+    the same ``fingerprint`` resumes from it.
+    """
     generator = seed_everything(seed)
-    mixing = recipe.augment.mixup_alpha > 0 or recipe.augment.cutmix_alpha > 0
-    objective = objective or Objective(recipe.loss, data.num_classes, mixing)
+    objective = objective or Objective(recipe.loss, data.num_classes, recipe.augment.mixing)
     model = model.to(device)
     if recipe.channels_last:
         model = model.to(memory_format=torch.channels_last)
     forward = distributed.wrap(model, device)  # DDP under torchrun: gradients averaged over ranks
     world = distributed.world_size()
-    train = data.train
-    per_rank = len(train) // world  # each rank trains on its shard of every epoch's permutation
-    batch = min(recipe.batch_size, per_rank - per_rank % 2)
-    steps_per_epoch = max(1, per_rank // batch)  # drop the ragged last batch (BatchNorm, mixup)
-
+    batch, steps = _batching(len(data.train), recipe.batch_size, world)
     optimizer = build_optimizer(model, recipe.optimizer)
-    scheduler = build_scheduler(optimizer, recipe.scheduler, recipe.epochs, steps_per_epoch)
+    scheduler = build_scheduler(optimizer, recipe.scheduler, recipe.epochs, steps)
     ema = ModelEmaV3(model, decay=recipe.ema.decay) if recipe.ema.enabled else None
-    augment = BatchAugment(recipe.augment, data.num_classes, recipe.loss.label_smoothing, device)
-    rand_augment = TensorRandAugment(recipe.augment.randaugment) if recipe.augment.randaugment.num_ops else None
-    penalty = ParameterPenalty(model, recipe.penalty) if recipe.penalty.weight > 0 else None
-    amp_dtype = _amp_dtype(recipe.amp, device)
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-
-    result = FitResult(model=model)
-    start_epoch, global_step = 0, 0
-    train_images, train_seconds = 0, 0.0
-    best_score, best_state, stale = -math.inf, None, 0
-    resume = load_resume_state(checkpoint_path, fingerprint) if checkpoint_path else None
-    if resume is not None:
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        load_scheduler_state(scheduler, resume["scheduler"])
-        if ema is not None:
-            ema.module.load_state_dict(resume["ema"])
-        if scaler is not None:
-            scaler.load_state_dict(resume["scaler"])
-        restore_rng_state(resume["rng"], generator)
-        start_epoch, global_step = resume["epoch"], resume["global_step"]
-        best_score, best_state, stale = resume["best_score"], resume["best_state"], resume["stale"]
-        result.history, result.best_epoch = list(resume["history"]), resume["best_epoch"]
-        result.train_time_s = resume["train_time_s"]
-        train_images, train_seconds = resume["train_images"], resume["train_seconds"]
-        result.resumed_from_epoch = start_epoch
-        log.info("%s: resumed from the checkpoint after epoch %d", desc, start_epoch)
+    plan = EpochPlan.build(model, forward, data, recipe, device, objective, batch, steps, world, desc)
+    scaler = torch.amp.GradScaler("cuda") if plan.amp_dtype == torch.float16 else None
+    state = TrainState(model, optimizer, scheduler, ema, scaler, generator)
+    resumed_from = None
+    saved = load_resume_state(checkpoint_path, fingerprint) if checkpoint_path else None
+    if saved is not None:
+        state.load_state_dict(saved)
+        resumed_from = state.epoch
+        log.info("%s: resumed from the checkpoint after epoch %d", desc, state.epoch)
 
     # a live bar on a terminal; one log line per epoch when output goes to a file or CI log
-    use_bar = progress and sys.stderr.isatty()
-    bar = tqdm(
-        range(start_epoch, recipe.epochs),
-        desc=desc,
-        disable=not use_bar,
-        unit="epoch",
-        initial=start_epoch,
-        total=recipe.epochs,
-        leave=False,
-        dynamic_ncols=True,
-    )
+    live_bar = progress and sys.stderr.isatty()
+    bar = _epoch_bar(desc, state.epoch, recipe.epochs, show=live_bar)
+    stopped_early = False
     for epoch in bar:
         epoch_start = time.perf_counter()
-        model.train()
-        keep_frozen_norms_in_eval(model)
-        order = torch.randperm(len(train), generator=generator)  # the same on every rank
-        if world > 1:
-            order = distributed.shard(order)
-        loss_sum = 0.0
-        for step in range(steps_per_epoch):
-            idx = order[step * batch : (step + 1) * batch]
-            raw = train.x[idx]
-            if rand_augment is not None:
-                raw = rand_augment(raw)
-            x = data.to_inputs(raw, device)
-            y = train.y[idx].to(device, non_blocking=True)
-            x, y = augment(x, y, generator)
-            if recipe.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with autocast_for(device, amp_dtype) if amp_dtype else torch.autocast(device.type, enabled=False):
-                outputs = forward(x)
-                loss = objective.loss(outputs, y, x)
-                if penalty is not None:
-                    loss = loss + penalty()
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(
-                    f"{desc}: loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
-                    f"lower recipe.optimizer.lr (now {recipe.optimizer.lr}) or set recipe.grad_clip"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-            else:
-                loss.backward()
-            if recipe.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            global_step += 1
-            if ema is not None:
-                ema.update(model, step=global_step)
-            if scheduler is not None:
-                scheduler.step_update(num_updates=global_step)
-            loss_sum += loss.item()
-        train_seconds += time.perf_counter() - epoch_start
-        train_images += steps_per_epoch * batch * world
-
-        eval_model = ema.module if ema is not None else model
+        train_loss = train_one_epoch(state, plan)
         row = {
             "epoch": epoch + 1,
-            "train_loss": distributed.mean_over_ranks(loss_sum / steps_per_epoch),
-            **validate(eval_model, data, recipe, device, objective),
+            "train_loss": distributed.mean_over_ranks(train_loss),
+            **validate(state.eval_model, data, recipe, device, objective),
             "lr": current_lr(optimizer),
         }
         if scheduler is not None:
             scheduler.step(epoch + 1, row["val_loss"])
         row["epoch_time_s"] = time.perf_counter() - epoch_start
-        result.history.append(row)
-        result.train_time_s += row["epoch_time_s"]
+        state.record_epoch(row, _score(row, recipe.select_on))
         bar.set_postfix(loss=f"{row['train_loss']:.3f}", val_acc=f"{row['val_accuracy']:.3f}")
-        if progress and not use_bar:
-            log.info(
-                "%s: epoch %d/%d train_loss %.3f val_loss %.3f val_acc %.3f (%.1fs)",
-                desc,
-                epoch + 1,
-                recipe.epochs,
-                row["train_loss"],
-                row["val_loss"],
-                row["val_accuracy"],
-                row["epoch_time_s"],
-            )
-
-        score = _score(row, recipe.select_on)
-        if score > best_score:
-            best_score, best_state, stale = score, copy.deepcopy(eval_model.state_dict()), 0
-            result.best_epoch = epoch + 1
-        else:
-            stale += 1
-        stop = recipe.early_stopping_patience and stale >= recipe.early_stopping_patience
+        if progress and not live_bar:
+            _log_epoch(desc, row, recipe.epochs)
         if checkpoint_path is not None and distributed.is_main():  # written once
-            save_resume_state(
-                checkpoint_path,
-                {
-                    "fingerprint": fingerprint,
-                    "epoch": epoch + 1,
-                    "global_step": global_step,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler_state(scheduler),
-                    "ema": ema.module.state_dict() if ema is not None else {},
-                    "scaler": scaler.state_dict() if scaler is not None else {},
-                    "rng": rng_state(generator),
-                    "best_score": best_score,
-                    "best_state": best_state,
-                    "best_epoch": result.best_epoch,
-                    "stale": stale,
-                    "history": result.history,
-                    "train_time_s": result.train_time_s,
-                    "train_images": train_images,
-                    "train_seconds": train_seconds,
-                },
-            )
-        if stop:
-            result.stopped_early = True
-            log.info("%s: early stop after epoch %d (best epoch %d)", desc, epoch + 1, result.best_epoch)
+            save_resume_state(checkpoint_path, state.state_dict(), fingerprint)
+        if recipe.early_stopping_patience and state.stale >= recipe.early_stopping_patience:
+            stopped_early = True
+            log.info("%s: early stop after epoch %d (best epoch %d)", desc, epoch + 1, state.best_epoch)
             break
     bar.close()
 
-    model.load_state_dict(best_state)
-    result.model = model.eval()
-    result.train_images_per_s = train_images / train_seconds if train_seconds else 0.0
-    return result
+    model.load_state_dict(state.best_state)
+    return FitResult(
+        model=model.eval(),
+        history=state.history,
+        best_epoch=state.best_epoch,
+        train_time_s=state.train_time_s,
+        train_images_per_s=state.train_images / state.train_seconds if state.train_seconds else 0.0,
+        stopped_early=stopped_early,
+        resumed_from_epoch=resumed_from,
+    )
+
+
+def _batching(n_train: int, batch_size: int, world: int) -> tuple[int, int]:
+    """(batch size, steps per epoch) on each rank; each trains on its shard of every epoch's
+    permutation, and the ragged last batch is dropped (BatchNorm, mixup)."""
+    per_rank = n_train // world
+    batch = min(batch_size, per_rank - per_rank % 2)
+    return batch, max(1, per_rank // batch)
+
+
+def _log_epoch(desc: str, row: dict, epochs: int) -> None:
+    log.info(
+        "%s: epoch %d/%d train_loss %.3f val_loss %.3f val_acc %.3f (%.1fs)",
+        desc,
+        row["epoch"],
+        epochs,
+        row["train_loss"],
+        row["val_loss"],
+        row["val_accuracy"],
+        row["epoch_time_s"],
+    )
+
+
+def _epoch_bar(desc: str, start: int, epochs: int, show: bool) -> tqdm:
+    """A live bar over the remaining epochs on a terminal; disabled otherwise."""
+    return tqdm(
+        range(start, epochs),
+        desc=desc,
+        disable=not show,
+        unit="epoch",
+        initial=start,
+        total=epochs,
+        leave=False,
+        dynamic_ncols=True,
+    )
 
 
 def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
