@@ -314,7 +314,10 @@ class SyntheticConfig(Strict):
 
 class RuntimeConfig(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int = Field(2, ge=1, description="torch CPU threads (fixed for determinism)")
+    threads: int = Field(1, ge=1, description="torch CPU threads per worker (fixed: part of determinism)")
+    workers: int = Field(
+        2, ge=1, description="processes a training stage spreads its runs over (results do not depend on it)"
+    )
     deterministic: bool = True
     progress: bool = True
     launcher: str = Field(
@@ -383,6 +386,13 @@ class VerifyConfig(Strict):
     abs_tolerance: float = Field(0.01, ge=0.0, description="allowed |fresh - committed| per metric")
 
 
+class ConvergenceConfig(Strict):
+    """The convergence check: one seed of every variant trained again with a longer schedule."""
+
+    enabled: bool = True
+    factor: float = Field(2.0, gt=1.0, description="the longer schedule: epochs x this (warm-up and decay stretched)")
+
+
 class FinchConfig(Strict):
     profile: str = "default"
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4], min_length=1)
@@ -400,6 +410,7 @@ class FinchConfig(Strict):
     ablation: AblationConfig = AblationConfig()
     explain: ExplainConfig = ExplainConfig()
     verify: VerifyConfig = VerifyConfig()
+    convergence: ConvergenceConfig = ConvergenceConfig()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> FinchConfig:

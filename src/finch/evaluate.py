@@ -68,8 +68,12 @@ def predict_heads(
 
     def predict(rows: torch.Tensor) -> dict[str, np.ndarray]:
         probs: dict[str, list] = {name: [] for name in heads}
+        # one process predicts rows 0..n-1: slices (views) instead of gathering copies of each batch
+        first = int(rows[0]) if len(rows) else 0
+        contiguous = bool(len(rows)) and torch.equal(rows, torch.arange(first, first + len(rows)))
         for i in range(0, len(rows), batch_size):
-            x = to_inputs(split.x[rows[i : i + batch_size]], device)
+            raw = split.x[first + i : first + i + batch_size] if contiguous else split.x[rows[i : i + batch_size]]
+            x = to_inputs(raw, device)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast_for(device):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import resource
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -42,6 +43,9 @@ class Variant:
     settings: dict  # everything that defines the run (hashed into the run key)
     objective: Callable[[TaskData, int], Objective] | None = None  # (data, seed) → objective
     frozen_outside: int = 0  # parameters used but not in the model (a probe's cached backbone)
+    # what else defines the run of one seed, known only when it starts (the hash of that seed's
+    # teacher or probe, trained by an earlier run): seed → settings, hashed into the run key
+    seed_settings: Callable[[int], dict] | None = None
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -51,11 +55,13 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_settings(variant: Variant, data: TaskData, cfg: FinchConfig) -> dict:
-    """Everything that defines a run of ``variant`` (hashed into its key). The worker count is
-    not part of it: a run's numbers depend on its own settings, seed and thread count only."""
-    runtime = cfg.runtime.model_dump(exclude={"workers"})
-    return {**variant.settings, "data_hash": data.content_hash, "runtime": runtime}
+def run_settings(variant: Variant, data: TaskData, cfg: FinchConfig, seed: int) -> dict:
+    """Everything that defines the run of ``variant`` with ``seed`` (hashed into its key). The
+    worker count is not part of it: a run's numbers depend on its own settings, seed and thread
+    count only."""
+    runtime = cfg.runtime.model_dump(exclude={"workers", "progress"})
+    extra = variant.seed_settings(seed) if variant.seed_settings else {}
+    return {**variant.settings, **extra, "data_hash": data.content_hash, "runtime": runtime}
 
 
 def train_run(
@@ -72,7 +78,7 @@ def train_run(
     Returns the record's folder (None on a non-zero torchrun rank) and the test probabilities
     (for the seed ensemble). A checkpoint after every epoch lets a killed run resume.
     """
-    settings = run_settings(variant, data, cfg)
+    settings = run_settings(variant, data, cfg, seed)
     key = run_key(variant.stage, variant.name, seed, config_hash(settings))
     name = run_name(variant.stage, variant.name, seed)
     seed_everything(seed)
@@ -97,7 +103,9 @@ def train_run(
             progress=cfg.runtime.progress,
             desc=name,
         )
+    tested = time.perf_counter()
     metrics, cost, confusion, probs = test_once(result.model, objective, data, variant.recipe, cfg, device)
+    test_time_s = time.perf_counter() - tested
     if not distributed.is_main():  # under torchrun, rank 0 alone writes and logs
         return None, probs
     metrics["params_total"] += variant.frozen_outside
@@ -115,6 +123,9 @@ def train_run(
         metrics=metrics,
         cost={
             "train_time_s": result.train_time_s,
+            "train_loop_time_s": result.train_loop_s,
+            "validate_time_s": result.train_time_s - result.train_loop_s,
+            "test_time_s": test_time_s,
             "train_images_per_s": result.train_images_per_s,
             **cost,
             "peak_memory_mb": peak_memory_mb(device),
@@ -131,6 +142,60 @@ def train_run(
     folder = record.write(runs_root)
     log.info("%s: test accuracy %.4f (best epoch %d)", name, metrics["accuracy"], result.best_epoch)
     return folder, probs
+
+
+LONGER = "longer.json"  # the convergence check's run, next to the variant's seed runs
+
+
+def longer_run(
+    variant: Variant, data: TaskData, seed: int, factor: float, cfg: FinchConfig, device: torch.device, runs_root: Path
+) -> Path | None:
+    """The convergence check: ``variant`` with ``seed`` again, its schedule ``factor`` times longer
+    (same warm-up, the decay stretched over the extra epochs). Validation only — the test split is
+    not touched — written to ``<runs_root>/<stage>/<variant>/longer.json``; the aggregate compares
+    its best validation accuracy with the regular run of the same seed."""
+    from finch.io import write_json
+
+    recipe = variant.recipe.model_copy(
+        update={"epochs": max(variant.recipe.epochs + 1, round(variant.recipe.epochs * factor)), "kfold": {"k": 0}}
+    )
+    settings = run_settings(replace(variant, recipe=recipe), data, cfg, seed)
+    key = run_key(variant.stage, variant.name, seed, config_hash({**settings, "recipe": recipe.model_dump()}))
+    name = f"{run_name(variant.stage, variant.name, seed)} (x{factor:g} schedule)"
+    seed_everything(seed)
+    model = variant.build_model(seed)
+    result = fit(
+        model,
+        data,
+        recipe,
+        seed=seed,
+        device=device,
+        objective=variant.objective(data, seed) if variant.objective else None,
+        checkpoint_path=CHECKPOINT_ROOT / variant.stage / variant.name / f"seed={seed}-longer.pt",
+        fingerprint=key,
+        progress=cfg.runtime.progress,
+        desc=name,
+    )
+    if not distributed.is_main():
+        return None
+    best = result.history[result.best_epoch - 1]
+    path = Path(runs_root) / variant.stage / variant.name / LONGER
+    write_json(
+        path,
+        {
+            "stage": variant.stage,
+            "variant": variant.name,
+            "seed": seed,
+            "factor": factor,
+            "epochs": recipe.epochs,
+            "regular_epochs": variant.recipe.epochs,
+            "best_epoch": result.best_epoch,
+            "best_val_accuracy": best["val_accuracy"],
+            "history": result.history,
+        },
+    )
+    log.info("%s: best validation accuracy %.4f (epoch %d)", name, best["val_accuracy"], result.best_epoch)
+    return path
 
 
 def finish_variant(variant: Variant, data: TaskData, seeds: list[int], probs: list, cfg: FinchConfig, runs_root: Path):

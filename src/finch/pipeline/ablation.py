@@ -7,23 +7,30 @@ Each variant is the teacher's model and recipe with a few overrides from
 from __future__ import annotations
 
 from finch.config import FinchConfig
-from finch.pipeline.common import MODELS, PREPARED, RUNS, log
+from finch.pipeline.common import MODELS, PREPARED, log
+
+
+def plan(cfg: FinchConfig, device) -> list:
+    """Every variant in ``ablation.run``: the teacher's model and recipe with its overrides."""
+    from finch.config import ablation_variant
+    from finch.data.splits import load_task
+    from finch.pipeline.teacher import backbone_cnn_variant
+    from finch.runner import PlannedVariant
+
+    data = load_task(PREPARED, "target")
+    planned = []
+    for name in cfg.ablation.run:
+        model_cfg, recipe = ablation_variant(cfg, name)
+        variant = backbone_cnn_variant("ablation", name, model_cfg, recipe, data)
+        planned.append(PlannedVariant(variant, data, cfg.seeds, MODELS / "ablation"))
+    return planned
 
 
 def train_ablation(cfg: FinchConfig) -> None:
     """Train every variant in ``ablation.run`` over the seeds."""
-    from finch.config import ablation_variant
-    from finch.data.splits import load_task
-    from finch.pipeline.teacher import backbone_cnn_variant
-    from finch.study import train_variant
-    from finch.tracking import log_runs_safely
-    from finch.train.runtime import configure
+    from finch.pipeline.common import run_training_stage
 
-    device = configure(cfg.runtime)
-    data = load_task(PREPARED, "target")
-    folders = []
     for i, name in enumerate(cfg.ablation.run, 1):
-        model_cfg, recipe = ablation_variant(cfg, name)
         log.info(
             "ablation %d/%d: %s = %s + %s",
             i,
@@ -32,6 +39,4 @@ def train_ablation(cfg: FinchConfig) -> None:
             cfg.ablation.base,
             cfg.ablation.variants[name],
         )
-        variant = backbone_cnn_variant("ablation", name, model_cfg, recipe, data)
-        folders += train_variant(variant, data, cfg.seeds, cfg, device, RUNS, MODELS / "ablation")
-    log_runs_safely(folders, cfg.tracking, cfg.profile)
+    run_training_stage(plan, cfg)

@@ -7,7 +7,7 @@ the report pairs every variant here with the teacher of the same seed.
 from __future__ import annotations
 
 from finch.config import FinchConfig
-from finch.pipeline.common import BACKBONE, MODELS, PREPARED, RUNS, file_hash
+from finch.pipeline.common import BACKBONE, MODELS, PREPARED, file_hash
 from finch.pipeline.gan import SYNTHETIC
 
 
@@ -15,7 +15,8 @@ def mix_name(ratio: float) -> str:
     return f"mix_{ratio:g}"
 
 
-def train_augmented(cfg: FinchConfig) -> None:
+def plan(cfg: FinchConfig, device) -> list:
+    """The teacher's recipe on synthetic images only and on real + synthetic at each ratio."""
     from dataclasses import replace
 
     import torch
@@ -23,11 +24,9 @@ def train_augmented(cfg: FinchConfig) -> None:
     from finch.data.splits import Split, load_task
     from finch.io import load_tensors
     from finch.models import build_model, load_backbone
-    from finch.study import Variant, train_variant
-    from finch.tracking import log_runs_safely
-    from finch.train.runtime import configure
+    from finch.runner import PlannedVariant
+    from finch.study import Variant
 
-    device = configure(cfg.runtime)
     data = load_task(PREPARED, "target")
     synthetic_file = f"{SYNTHETIC}/synthetic.safetensors"
     synthetic = load_tensors(synthetic_file)
@@ -51,7 +50,7 @@ def train_augmented(cfg: FinchConfig) -> None:
     mixes = [("synthetic_only", None)] if cfg.synthetic.synthetic_only else []
     mixes += [(mix_name(r), r) for r in cfg.synthetic.ratios]
     tc = cfg.teacher
-    folders = []
+    planned = []
     for name, ratio in mixes:
         if ratio is None:  # the classification accuracy score: synthetic training images only
             train = synthetic_subset(1.0)
@@ -73,5 +72,11 @@ def train_augmented(cfg: FinchConfig) -> None:
             "synthetic_hash": file_hash(synthetic_file),
         }
         variant = Variant(stage="augmented", name=name, build_model=build, recipe=tc.recipe, settings=settings)
-        folders += train_variant(variant, task, cfg.seeds, cfg, device, RUNS, MODELS / "augmented")
-    log_runs_safely(folders, cfg.tracking, cfg.profile)
+        planned.append(PlannedVariant(variant, task, cfg.seeds, MODELS / "augmented"))
+    return planned
+
+
+def train_augmented(cfg: FinchConfig) -> None:
+    from finch.pipeline.common import run_training_stage
+
+    run_training_stage(plan, cfg)

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 from finch.config import FinchConfig
-from finch.pipeline.common import BACKBONE, FEATURES, MODELS, PREPARED, RUNS, VIT_BACKBONE, file_hash, probe_weights
+from finch.pipeline.common import BACKBONE, FEATURES, MODELS, PREPARED, VIT_BACKBONE, file_hash, probe_weights
 
 
-def finetune(cfg: FinchConfig) -> None:
-    """Every freezing strategy over every seed (probes on the cached features)."""
+def plan(cfg: FinchConfig, device) -> list:
+    """Every freezing strategy over every seed (probes on the cached features); lp_ft's run of a
+    seed waits for linear_probe's run of that seed (its head starts from it)."""
     from finch.data.splits import load_task
     from finch.io import load_tensors
-    from finch.study import Variant, train_variant
-    from finch.tracking import log_runs_safely
-    from finch.train.runtime import configure
+    from finch.runner import PlannedVariant
+    from finch.study import Variant
     from finch.transfer import STRATEGIES, build_network, feature_extractor, feature_task
 
-    device = configure(cfg.runtime)
     data = load_task(PREPARED, "target")
     fc = cfg.finetune
     backbones = {"cnn": (cfg.pretrain.model, BACKBONE), "vit": (cfg.pretrain.vit_model, VIT_BACKBONE)}
@@ -24,7 +23,7 @@ def finetune(cfg: FinchConfig) -> None:
         kind: sum(p.numel() for p in feature_extractor(m, w, data.in_chans).parameters())
         for kind, (m, w) in backbones.items()
     }
-    folders = []
+    planned = []
     for strategy in fc.strategies:
         spec = STRATEGIES[strategy]
         model_cfg, weights = backbones[spec.backbone]
@@ -44,8 +43,6 @@ def finetune(cfg: FinchConfig) -> None:
             def build(seed, strategy=strategy, model_cfg=model_cfg, weights=weights):
                 return build_network(strategy, fc, model_cfg, weights, data, probe_weights(seed))
 
-        if spec.head_from_probe:  # its start is each seed's linear probe
-            settings["probe"] = {s: file_hash(probe_weights(s)) for s in cfg.seeds}
         variant = Variant(
             stage="finetune",
             name=strategy,
@@ -53,6 +50,16 @@ def finetune(cfg: FinchConfig) -> None:
             settings=settings,
             build_model=build,
             frozen_outside=backbone_size[spec.backbone] if spec.is_probe else 0,
+            # its start is the seed's linear probe
+            seed_settings=(lambda seed: {"probe": file_hash(probe_weights(seed))}) if spec.head_from_probe else None,
         )
-        folders += train_variant(variant, task, cfg.seeds, cfg, device, RUNS, MODELS / "finetune")
-    log_runs_safely(folders, cfg.tracking, cfg.profile)
+        needs = ("linear_probe",) if spec.head_from_probe else ()
+        planned.append(PlannedVariant(variant, task, cfg.seeds, MODELS / "finetune", needs=needs))
+    return planned
+
+
+def finetune(cfg: FinchConfig) -> None:
+    """Every freezing strategy over every seed (probes on the cached features)."""
+    from finch.pipeline.common import run_training_stage
+
+    run_training_stage(plan, cfg)

@@ -13,16 +13,12 @@ def pretrain(cfg: FinchConfig) -> None:
     from finch.distributed import is_main
     from finch.io import load_tensors, write_json
     from finch.models import build_model, save_backbone
-    from finch.study import Variant, train_variant
-    from finch.tracking import log_runs_safely
-    from finch.train.runtime import configure
+    from finch.pipeline.common import run_training_stage
 
-    device = configure(cfg.runtime)
     pc = cfg.pretrain
-    backbones = [("source", pc.model, pc.recipe, BACKBONE), ("vit_source", pc.vit_model, pc.vit_recipe, VIT_BACKBONE)]
     if pc.weights == "timm":
         target = load_task(PREPARED, "target")
-        for _, model_cfg, _, path in backbones:
+        for _, model_cfg, _, path in backbones(cfg):
             try:
                 model = build_model(model_cfg, target.num_classes, target.in_chans, pretrained=True)
             except Exception as err:
@@ -32,11 +28,35 @@ def pretrain(cfg: FinchConfig) -> None:
                 ) from None
             save_backbone(model, path, {"origin": f"timm:{model_cfg.name}"})
         # no training run to record; the declared output folder says where the weights came from
-        write_json(RUNS / "pretrain" / "origin.json", {"weights": [f"timm:{b[1].name}" for b in backbones]})
+        write_json(RUNS / "pretrain" / "origin.json", {"weights": [f"timm:{b[1].name}" for b in backbones(cfg)]})
+        return
+    run_training_stage(plan, cfg)
+    if not is_main():
         return
     source = load_task(PREPARED, "source")
-    folders = []
-    for name, model_cfg, recipe, path in backbones:
+    for name, model_cfg, _, path in backbones(cfg):
+        model = build_model(model_cfg, source.num_classes, source.in_chans)
+        model.load_state_dict(load_tensors(MODELS / "pretrain" / name / f"seed={pc.seed}.safetensors"))
+        save_backbone(model, path, {"origin": "source classes", "source_classes": ",".join(source.class_names)})
+
+
+def backbones(cfg: FinchConfig) -> list[tuple]:
+    """(name, model, recipe, where the backbone goes) of the CNN and the ViT."""
+    pc = cfg.pretrain
+    return [("source", pc.model, pc.recipe, BACKBONE), ("vit_source", pc.vit_model, pc.vit_recipe, VIT_BACKBONE)]
+
+
+def plan(cfg: FinchConfig, device) -> list:
+    """The CNN and the ViT, each trained on the source classes with ``pretrain.seed`` (side by side
+    when there are two workers)."""
+    from finch.data.splits import load_task
+    from finch.models import build_model
+    from finch.runner import PlannedVariant
+    from finch.study import Variant
+
+    source = load_task(PREPARED, "source")
+    planned = []
+    for name, model_cfg, recipe, _ in backbones(cfg):
         variant = Variant(
             stage="pretrain",
             name=name,
@@ -44,10 +64,5 @@ def pretrain(cfg: FinchConfig) -> None:
             recipe=recipe,
             settings={"model": model_cfg.model_dump(), "recipe": recipe.model_dump()},
         )
-        folders += train_variant(variant, source, [pc.seed], cfg, device, RUNS, MODELS / "pretrain")
-        if not is_main():
-            continue
-        model = build_model(model_cfg, source.num_classes, source.in_chans)
-        model.load_state_dict(load_tensors(MODELS / "pretrain" / name / f"seed={pc.seed}.safetensors"))
-        save_backbone(model, path, {"origin": "source classes", "source_classes": ",".join(source.class_names)})
-    log_runs_safely(folders, cfg.tracking, cfg.profile)
+        planned.append(PlannedVariant(variant, source, [cfg.pretrain.seed], MODELS / "pretrain"))
+    return planned

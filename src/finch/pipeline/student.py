@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 from finch.config import FinchConfig
-from finch.pipeline.common import MODELS, PREPARED, RUNS, file_hash, teacher_weights
+from finch.pipeline.common import MODELS, PREPARED, file_hash, teacher_weights
 
 
-def train_student(cfg: FinchConfig) -> None:
-    """The distilled ViT student: every variant in student.variants, once per seed."""
+def plan(cfg: FinchConfig, device) -> list:
+    """The distilled ViT student: every variant in student.variants, once per seed; the teacher
+    of a seed is that seed's CNN teacher."""
     from finch.data.splits import load_task
     from finch.distill import DistillationObjective, build_student, load_teacher
-    from finch.study import Variant, train_variant
-    from finch.tracking import log_runs_safely
-    from finch.train.runtime import configure
+    from finch.runner import PlannedVariant
+    from finch.study import Variant
 
-    device = configure(cfg.runtime)
     data = load_task(PREPARED, "target")
     sc = cfg.student
     recipe = sc.recipe
-    folders = []
+    planned = []
     for name in sc.variants:
 
         def objective(data, seed, name=name):
@@ -29,16 +28,22 @@ def train_student(cfg: FinchConfig) -> None:
                 )
             return DistillationObjective(recipe.loss, data.num_classes, recipe.augment.mixing, name, sc, teacher)
 
-        settings = {"student": sc.model_dump(exclude={"variants"}), "variant": name}
-        if name != "none":  # the teacher of each seed is part of what defines the run
-            settings["teacher"] = {str(s): file_hash(teacher_weights(s)) for s in cfg.seeds}
         variant = Variant(
             stage="student",
             name=name,
             recipe=recipe,
-            settings=settings,
+            settings={"student": sc.model_dump(exclude={"variants"}), "variant": name},
             objective=objective,
             build_model=lambda seed, name=name: build_student(sc, name, data.num_classes, data.in_chans),
+            # the teacher of the seed is part of what defines the run
+            seed_settings=None if name == "none" else lambda seed: {"teacher": file_hash(teacher_weights(seed))},
         )
-        folders += train_variant(variant, data, cfg.seeds, cfg, device, RUNS, MODELS / "student")
-    log_runs_safely(folders, cfg.tracking, cfg.profile)
+        planned.append(PlannedVariant(variant, data, cfg.seeds, MODELS / "student"))
+    return planned
+
+
+def train_student(cfg: FinchConfig) -> None:
+    """The distilled ViT student: every variant in student.variants, once per seed."""
+    from finch.pipeline.common import run_training_stage
+
+    run_training_stage(plan, cfg)

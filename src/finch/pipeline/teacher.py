@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from finch.config import FinchConfig, ModelConfig, RecipeConfig
-from finch.pipeline.common import BACKBONE, MODELS, PREPARED, RUNS, file_hash
+from finch.pipeline.common import BACKBONE, MODELS, PREPARED, file_hash
 
 
 def backbone_cnn_variant(stage: str, name: str, model_cfg: ModelConfig, recipe: RecipeConfig, data):
@@ -26,15 +26,18 @@ def backbone_cnn_variant(stage: str, name: str, model_cfg: ModelConfig, recipe: 
     )
 
 
-def train_teacher(cfg: FinchConfig) -> None:
-    """Fine-tune the CNN teacher from the pretrained backbone, once per seed."""
+def plan(cfg: FinchConfig, device) -> list:
+    """The teacher: the CNN fine-tuned from the pretrained backbone, once per seed."""
     from finch.data.splits import load_task
-    from finch.study import train_variant
-    from finch.tracking import log_runs_safely
-    from finch.train.runtime import configure
+    from finch.runner import PlannedVariant
 
-    device = configure(cfg.runtime)
     data = load_task(PREPARED, "target")
     variant = backbone_cnn_variant("teacher", "default", cfg.teacher.model, cfg.teacher.recipe, data)
-    folders = train_variant(variant, data, cfg.seeds, cfg, device, RUNS, MODELS / "teacher")
-    log_runs_safely(folders, cfg.tracking, cfg.profile)
+    return [PlannedVariant(variant, data, cfg.seeds, MODELS / "teacher")]
+
+
+def train_teacher(cfg: FinchConfig) -> None:
+    """Fine-tune the CNN teacher from the pretrained backbone, once per seed."""
+    from finch.pipeline.common import run_training_stage
+
+    run_training_stage(plan, cfg)

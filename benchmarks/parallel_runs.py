@@ -1,0 +1,70 @@
+"""Runs side by side vs one run with every core: training throughput of the default study's models.
+
+On a small CPU the default study's models are overhead-bound: ``runtime.workers`` processes
+with ``runtime.threads`` torch threads each train more images per second, summed, than one
+process with all the threads. Measured with the engine itself (``fit``'s train images/s, which
+excludes validation): one process with ``cores`` threads, then ``cores`` processes with one
+thread each at the same time (spawned, as the runner does), same model, data and recipe.
+Ratio = summed img/s side by side / img/s of the one process (target ≥ 1.3).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+
+from finch.config import load_params
+
+
+def _throughput(model_kind: str, threads: int, epochs: int, seed: int) -> float:
+    import torch
+
+    from finch.config import load_params
+    from finch.data.splits import load_task
+    from finch.distill import build_student
+    from finch.models import build_model
+    from finch.train.engine import fit
+    from finch.train.runtime import configure, seed_everything
+
+    cfg = load_params()
+    configure(cfg.runtime.model_copy(update={"threads": threads}))
+    data = load_task("data/prepared", "target")
+    seed_everything(seed)
+    if model_kind == "student":
+        model, recipe = build_student(cfg.student, "none", data.num_classes, data.in_chans), cfg.student.recipe
+    else:
+        model, recipe = build_model(cfg.teacher.model, data.num_classes, data.in_chans), cfg.teacher.recipe
+    recipe = recipe.model_copy(update={"epochs": epochs})
+    result = fit(model, data, recipe, seed=seed, device=torch.device("cpu"), progress=False)
+    return result.train_images_per_s
+
+
+def side_by_side(model_kind: str, processes: int, threads: int, epochs: int) -> float:
+    """Summed train img/s of ``processes`` spawned processes training at the same time."""
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(processes) as pool:
+        rates = pool.starmap(_throughput, [(model_kind, threads, epochs, seed) for seed in range(processes)])
+    return float(sum(rates))
+
+
+def measure(epochs: int = 3) -> dict:
+    cfg = load_params()
+    cores = max(2, min(os.cpu_count() or 2, cfg.runtime.workers * cfg.runtime.threads))
+    details, ratios = [], []
+    for kind in ("teacher", "student"):
+        one = side_by_side(kind, 1, cores, epochs)
+        many = side_by_side(kind, cores, 1, epochs)
+        ratios.append(many / one)
+        details.append(f"{kind}: 1 x {cores} threads {one:.0f} img/s, {cores} x 1 thread {many:.0f} img/s")
+    ratio = min(ratios)
+    return {
+        "name": "runs side by side vs one process (train img/s, lower of teacher and student)",
+        "ratio": ratio,
+        "target": "≥ 1.3",
+        "ok": ratio >= 1.3,
+        "detail": f"{'; '.join(details)} ({epochs} epochs each, default profile's models and data)",
+    }
+
+
+if __name__ == "__main__":
+    print(measure())

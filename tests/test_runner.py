@@ -1,0 +1,98 @@
+"""A stage's runs over worker processes: the numbers do not depend on how many ran side by side."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from finch.config import FinchConfig
+from finch.models import build_model
+from finch.runner import PlannedVariant, plan_reference, train_plan
+from finch.runs import find_records
+from finch.study import Variant
+
+from .conftest import TINY_MODEL, make_task, tiny_recipe
+
+CPU = __import__("torch").device("cpu")
+
+
+def toy_plan(cfg: FinchConfig, device) -> list[PlannedVariant]:
+    """Two variants over two seeds; `second` waits for `first` of the same seed (like lp_ft)."""
+    task = make_task()
+    planned = []
+    for name, lr, needs in (("first", 0.01, ()), ("second", 0.02, ("first",))):
+        recipe = tiny_recipe(epochs=2, optimizer={"name": "adamw", "lr": lr, "weight_decay": 0.0})
+        variant = Variant(
+            stage="toy",
+            name=name,
+            recipe=recipe,
+            settings={"recipe": recipe.model_dump()},
+            build_model=lambda seed: build_model(TINY_MODEL, 2, 1),
+            seed_settings=(lambda seed: {"first": _first_done(seed)}) if needs else None,
+        )
+        planned.append(PlannedVariant(variant, task, [0, 1], Path("models"), Path("runs"), needs=needs))
+    return planned
+
+
+def _first_done(seed: int) -> str:
+    """`second` may start only once `first` of its seed has written its weights."""
+    path = Path("models") / "first" / f"seed={seed}.safetensors"
+    assert path.is_file(), f"{path} missing: the dependency was not waited for"
+    return "done"
+
+
+def metrics_of(root: Path) -> dict:
+    out = {(r.variant, r.seed): (r.metrics, [row["val_loss"] for row in r.history]) for r in find_records(root)}
+    for path in sorted(root.glob("*/*/longer.json")):  # the convergence check's longer runs
+        longer = json.loads(path.read_text())
+        out[(longer["variant"], "longer")] = [row["val_loss"] for row in longer["history"]]
+    return out
+
+
+@pytest.mark.slow
+def test_same_numbers_with_one_or_two_workers(tmp_path, monkeypatch):
+    results = {}
+    for workers in (1, 2):
+        work = tmp_path / f"w{workers}"
+        work.mkdir()
+        monkeypatch.chdir(work)
+        cfg = FinchConfig(runtime={"progress": False, "threads": 1, "workers": workers}, tracking={"enabled": False})
+        folders = train_plan(toy_plan, cfg, CPU)
+        assert len(folders) == 4
+        assert (work / "runs/toy/second/ensemble.json").is_file()
+        results[workers] = metrics_of(work / "runs")
+    assert sorted(results[1], key=str) == [
+        ("first", 0),
+        ("first", 1),
+        ("first", "longer"),
+        ("second", 0),
+        ("second", 1),
+        ("second", "longer"),
+    ]
+    assert len(results[1][("first", "longer")]) == 4  # twice the 2 epochs
+    assert results[1] == results[2]  # identical, bit for bit: metrics and every epoch's val loss
+
+
+def test_a_plan_must_be_importable():
+    def local_plan(cfg, device):
+        return []
+
+    assert plan_reference(toy_plan) == "tests.test_runner:toy_plan"
+    with pytest.raises(ValueError, match="module-level"):
+        plan_reference(local_plan)
+
+
+def test_unknown_needs_fail_before_any_training(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+    def bad_plan(cfg, device):
+        planned = toy_plan(cfg, device)
+        return [
+            PlannedVariant(pv.variant, pv.data, pv.seeds, pv.models_root, pv.runs_root, ("nope",)) for pv in planned
+        ]
+
+    with pytest.raises(ValueError, match="needs \\['nope'\\]"):
+        train_plan(bad_plan, FinchConfig(runtime={"workers": 1}), CPU)
+    assert not (tmp_path / "runs").exists()
