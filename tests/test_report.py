@@ -169,9 +169,16 @@ def test_card_and_synthetic_quality_sections():
     section.quality = tables.quality_table(
         {
             "per_class_generated": 8,
-            "overall": {"fid": 1.0, "kid": 0.1, "kid_std": 0.01, "precision": 0.5, "recall": 0.4},
-            "per_class": {"a": {"fid": 2.0, "kid": 0.2, "kid_std": 0.02, "precision": 0.6, "recall": 0.3}},
-            "real_train_vs_test": {"fid": 0.5, "kid": 0.05, "kid_std": 0.005},
+            "overall": {
+                **{"n": 16, "fid": 1.0, "kid": 0.1, "kid_std": 0.01, "precision": 0.5, "recall": 0.4},
+                "reference": {"n": 16, "fid": 0.4, "kid": 0.04, "kid_std": 0.004, "precision": 0.8, "recall": 0.7},
+            },
+            "per_class": {
+                "a": {
+                    **{"n": 8, "fid": 2.0, "kid": 0.2, "kid_std": 0.02, "precision": 0.6, "recall": 0.3},
+                    "reference": {"n": 5, "fid": 0.5, "kid": 0.05, "kid_std": 0.005, "precision": 0.9, "recall": 0.8},
+                }
+            },
         }
     )
     section.quality_generated = 8
@@ -179,8 +186,11 @@ def test_card_and_synthetic_quality_sections():
     assert "7 training, 1 validation and 2 test images (content hash `0123456789ab`)" in text
     assert "Training warnings: 1.\n- discriminator won early\n" in text
     assert "![GAN losses](figures/gan_losses.png)" in text
-    assert "| a | 2.000 | 0.2000 ± 0.0200 | 0.600 | 0.300 |" in text
-    assert "| *reference: real training vs real test images* | 0.500 | 0.0500 ± 0.0050 | — | — |" in text
+    assert "| set | compared | images each | FD | KID | precision | recall |" in text
+    assert "| all classes | generated vs real | 16 | 1.000 | 0.1000 ± 0.0100 | 0.500 | 0.400 |" in text
+    assert "| all classes | *real vs real* | 16 | 0.400 | 0.0400 ± 0.0040 | 0.800 | 0.700 |" in text
+    assert "| a | generated vs real | 8 | 2.000 | 0.2000 ± 0.0200 | 0.600 | 0.300 |" in text
+    assert "| a | *real vs real* | 5 | 0.500 | 0.0500 ± 0.0050 | 0.900 | 0.800 |" in text
 
 
 def test_write_reports_writes_the_figures_the_page_names(tmp_path: Path):

@@ -159,19 +159,22 @@ def ensemble_table(records: list[RunRecord]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
-QUALITY_REFERENCE = "*reference: real training vs real test images*"
+QUALITY_MEASURES = ["fid", "kid", "kid_std", "precision", "recall"]
+GENERATED_VS_REAL, REAL_VS_REAL = "generated vs real", "*real vs real*"
 
 
 def quality_table(quality: dict) -> pd.DataFrame:
-    """The synthetic images' quality (the generate stage's synthetic_quality.json): one row for all
-    classes, one per class, and the real-vs-real reference when present (no precision/recall)."""
-    rows = [{"set": "all classes", **quality["overall"]}]
-    rows += [{"set": name, **q} for name, q in quality["per_class"].items()]
-    ref = quality.get("real_train_vs_test", {})
-    if ref:
-        rows.append({"set": QUALITY_REFERENCE, "fid": ref["fid"], "kid": ref["kid"], "kid_std": ref["kid_std"]})
-    table = pd.DataFrame(rows, columns=["set", "fid", "kid", "kid_std", "precision", "recall"])
-    return table.astype({c: float for c in table.columns[1:]})
+    """The synthetic images' quality (the generate stage's synthetic_quality.json): for all classes
+    and for each class, generated vs real and the real-vs-real reference, each at equal sizes
+    (``n`` images on either side)."""
+    sets = {"all classes": quality["overall"], **quality["per_class"]}
+    rows = []
+    for name, q in sets.items():
+        rows.append({"set": name, "compared": GENERATED_VS_REAL, **{m: q[m] for m in ["n", *QUALITY_MEASURES]}})
+        ref = q["reference"]
+        rows.append({"set": name, "compared": REAL_VS_REAL, **{m: ref[m] for m in ["n", *QUALITY_MEASURES]}})
+    table = pd.DataFrame(rows, columns=["set", "compared", "n", *QUALITY_MEASURES])
+    return table.astype({"n": int, **{c: float for c in QUALITY_MEASURES}})
 
 
 def variant_label(stage: str, variant: str) -> str:
