@@ -15,21 +15,17 @@ def mix_name(ratio: float) -> str:
     return f"mix_{ratio:g}"
 
 
-def train_augmented(cfg: FinchConfig) -> None:
+def augmented_variants(cfg: FinchConfig, data, synthetic_file: str) -> list[tuple]:
+    """What the stage trains: (variant, its task) for the synthetic-only run and each mix."""
     from dataclasses import replace
 
     import torch
 
-    from finch.data.splits import Split, load_task
+    from finch.data.splits import Split
     from finch.io import load_tensors
     from finch.models import build_model, load_backbone
-    from finch.study import Variant, train_variant
-    from finch.tracking import log_runs_safely
-    from finch.train.runtime import configure
+    from finch.study import Variant
 
-    device = configure(cfg.runtime)
-    data = load_task(PREPARED, "target")
-    synthetic_file = f"{SYNTHETIC}/synthetic.safetensors"
     synthetic = load_tensors(synthetic_file)
     sx, sy = synthetic["train_x"], synthetic["train_y"]
     real_counts = torch.bincount(data.train.y, minlength=data.num_classes)
@@ -51,7 +47,7 @@ def train_augmented(cfg: FinchConfig) -> None:
     mixes = [("synthetic_only", None)] if cfg.synthetic.synthetic_only else []
     mixes += [(mix_name(r), r) for r in cfg.synthetic.ratios]
     tc = cfg.teacher
-    folders = []
+    out = []
     for name, ratio in mixes:
         if ratio is None:  # the classification accuracy score: synthetic training images only
             train = synthetic_subset(1.0)
@@ -73,5 +69,19 @@ def train_augmented(cfg: FinchConfig) -> None:
             "synthetic_hash": file_hash(synthetic_file),
         }
         variant = Variant(stage="augmented", name=name, build_model=build, recipe=tc.recipe, settings=settings)
+        out.append((variant, task))
+    return out
+
+
+def train_augmented(cfg: FinchConfig) -> None:
+    from finch.data.splits import load_task
+    from finch.study import train_variant
+    from finch.tracking import log_runs_safely
+    from finch.train.runtime import configure
+
+    device = configure(cfg.runtime)
+    data = load_task(PREPARED, "target")
+    folders = []
+    for variant, task in augmented_variants(cfg, data, f"{SYNTHETIC}/synthetic.safetensors"):
         folders += train_variant(variant, task, cfg.seeds, cfg, device, RUNS, MODELS / "augmented")
     log_runs_safely(folders, cfg.tracking, cfg.profile)
