@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import yaml
 
 from finch.config import AggregateConfig
@@ -207,3 +208,19 @@ def test_write_reports_writes_the_figures_the_page_names(tmp_path: Path):
     assert figures.variant_figures(tmp_path / "figures", "student", "none") == []
     for name in ("runs.csv", "summary.json", "summary.csv", "comparisons.csv", "plots/accuracy.csv"):
         assert (tmp_path / name).is_file()
+
+
+def test_cas_is_compared_with_its_scratch_reference_and_the_mixes_with_the_teacher():
+    records = [_record("teacher", "default", s, 0.70 + 0.01 * s) for s in range(3)]
+    records += [
+        _record("augmented", v, s, a + 0.01 * s)
+        for v, a in (("synthetic_only", 0.5), ("real_scratch", 0.6), ("mix_1", 0.71))
+        for s in range(3)
+    ]
+    cfg = AggregateConfig(bootstrap_resamples=200, headline_metrics=["accuracy"])  # the declared defaults
+    table = tables.runs_table(records)
+    summary = summarize(table, cfg.confidence, cfg.bootstrap_resamples, cfg.bootstrap_seed)
+    family = all_comparisons(table, summary, cfg)["augmented"]
+    pairs = sorted(zip(family.variant, family.baseline, strict=True))
+    assert pairs == [("mix_1", "teacher/default"), ("synthetic_only", "real_scratch")]
+    assert family.set_index("variant").mean_diff["synthetic_only"] == pytest.approx(-0.1)

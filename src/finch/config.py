@@ -348,6 +348,10 @@ class AggregateConfig(Strict):
         },
         description="stage → variants (or other stage/variant) every variant is compared with, paired by seed",
     )
+    variant_baselines: dict[str, dict[str, list[str]]] = Field(
+        default_factory=lambda: {"augmented": {"synthetic_only": ["real_scratch"], "real_scratch": []}},
+        description="stage → {variant: its own baselines, replacing the stage's `baselines` ([] = none)}",
+    )
 
 
 class AblationConfig(Strict):

@@ -84,9 +84,16 @@ def both_intervals(values: np.ndarray, confidence: float, n_resamples: int, seed
 
 
 def paired_differences(
-    runs: pd.DataFrame, stage: str, baseline: str, metrics: list[str], confidence: float, n_resamples: int, seed: int
+    runs: pd.DataFrame,
+    stage: str,
+    baseline: str,
+    metrics: list[str],
+    confidence: float,
+    n_resamples: int,
+    seed: int,
+    variants: list[str] | None = None,
 ) -> pd.DataFrame:
-    """Each variant of ``stage`` minus ``baseline``, paired by seed, per metric.
+    """Each variant of ``stage`` (or only ``variants``) minus ``baseline``, paired by seed, per metric.
 
     ``baseline`` is a variant of ``stage`` or ``"other_stage/variant"`` (e.g. ``teacher/default``).
 
@@ -101,6 +108,8 @@ def paired_differences(
         "value"
     ]
     sel = chosen[(chosen.stage == stage) & ~((chosen.stage == base_stage) & (chosen.variant == base_variant))]
+    if variants is not None:
+        sel = sel[sel.variant.isin(variants)]
     for (variant, metric), group in sel.groupby(["variant", "metric"], sort=True):
         other = group.set_index("seed")["value"]
         ref = base.xs(metric, level="metric") if metric in base.index.get_level_values(0) else pd.Series(dtype=float)

@@ -69,9 +69,11 @@ STUDIES: dict[str, Study] = {
             "Synthetic images: how good they are, and what they add",
             note=(
                 "A class-conditional DCGAN (stage `train_gan`) learns the target training images; `generate` "
-                "draws labelled images from a fixed seed. `synthetic_only` trains the teacher's recipe on as many "
-                "synthetic images as there are real ones (the classification accuracy score, CAS, tested on the "
-                "real test split); `mix_r` trains it on the real images plus r times as many synthetic ones. The "
+                "draws labelled images from a fixed seed. `synthetic_only` trains the teacher's model and recipe "
+                "from random initialisation on as many synthetic images as there are real ones (the classification "
+                "accuracy score, CAS, tested on the real test split); its reference is `real_scratch`, the same "
+                "model and recipe from random initialisation on the real images. `mix_r` trains the teacher "
+                "(from the pretrained backbone) on the real images plus r times as many synthetic ones; their "
                 "reference is the teacher itself: the same recipe on the same real images with the same seeds. "
                 "Model selection uses the real validation split in every variant."
             ),
