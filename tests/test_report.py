@@ -93,11 +93,12 @@ def _record(stage: str, variant: str, seed: int, accuracy: float, **fields) -> R
 def _records() -> list[RunRecord]:
     kfold = {
         "k": 2,
-        "selected_fold": 1,
         "val_accuracy": [0.7, 0.72],
         "test_accuracy": [0.69, 0.7],
+        "best_epoch": [3, 2],
         "val_accuracy_mean": 0.71,
         "val_accuracy_std": 0.014,
+        "test_accuracy_mean": 0.695,
         "test_accuracy_std": 0.007,
     }
     recs = [_record("teacher", "default", s, 0.70 + 0.01 * s, kfold=kfold) for s in range(3)]
@@ -141,7 +142,8 @@ def test_template_renders_a_minimal_report():
     assert "### teacher\n" in text and "### finetune/probe\n" in text
     assert "| accuracy | 3 | 0.7100 |" in text  # mean over seeds
     assert "| seed | accuracy | f1_macro | best epoch |\n|---:|---:|---:|---:|\n| 0 | 0.7000 | 0.6900 | 3 |" in text
-    assert "2-fold model selection" in text and "| 1 | 0.700, 0.720 | 0.7100 ± 0.0140 | 0.0070 | 1 |" in text
+    assert "2-fold ensemble" in text
+    assert "| 1 | 0.700, 0.720 | 0.7100 ± 0.0140 | 0.690, 0.700 | 0.6950 ± 0.0070 | 0.7100 |" in text
     assert "Paired differences against `probe`" in text and "`full` beats `probe`" in text
     assert (
         "Pareto front (no other variant is both more accurate and has fewer trainable parameters): `probe`, `full`."

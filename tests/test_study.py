@@ -127,3 +127,36 @@ def test_cas_and_its_real_reference_start_from_random_weights(toy_task, tmp_path
     assert torch.equal(variants["real_scratch"][1].train.x, toy_task.train.x)
     flipped, y = toy_task.train.x.flip(-1), toy_task.train.y
     assert torch.equal(variants["synthetic_only"][1].train.x, torch.cat([flipped[y == 0], flipped[y == 1]]))
+
+
+def test_kfold_predicts_with_the_mean_of_the_fold_models(toy_task, tmp_path, monkeypatch):
+    """k-fold is an ensemble: the test probabilities are the mean of the k fold models'
+    probabilities, not those of the fold with the best validation score."""
+    import copy
+
+    import numpy as np
+
+    import finch.study
+    from finch.evaluate import predict_proba
+    from finch.study import train_run
+
+    monkeypatch.chdir(tmp_path)
+    fold_models = []
+    real_fit = finch.study.fit
+
+    def fit(*args, **kwargs):
+        result = real_fit(*args, **kwargs)
+        fold_models.append(copy.deepcopy(result.model))
+        return result
+
+    monkeypatch.setattr(finch.study, "fit", fit)
+    recipe = tiny_recipe(epochs=1, kfold={"k": 3})
+    cfg = FinchConfig(runtime={"progress": False})
+    folder, probs = train_run(variant(toy_task, recipe), toy_task, 0, cfg, CPU, tmp_path / "runs", tmp_path / "models")
+    assert len(fold_models) == 3
+    each = [predict_proba(m, toy_task.test, toy_task.to_inputs, 64, CPU)[0] for m in fold_models]
+    np.testing.assert_allclose(probs, np.mean(each, axis=0), atol=1e-6)
+    kf = find_records(tmp_path / "runs")[0].kfold
+    assert "selected_fold" not in kf and len(kf["val_accuracy"]) == len(kf["test_accuracy"]) == 3
+    best = int(np.argmax(kf["val_accuracy"]))
+    assert not np.allclose(probs, each[best])

@@ -416,6 +416,22 @@ class FinchConfig(Strict):
             )
         for name in self.ablation.run:
             ablation_variant(self, name)  # raises with the variant's name and key
+        # a k-fold run is an ensemble of k models per seed; these runs' weights are loaded later
+        # as one model (the backbones, the students' teacher, explain's student, lp_ft's probe)
+        loaded = {
+            "pretrain.recipe": self.pretrain.recipe,
+            "pretrain.vit_recipe": self.pretrain.vit_recipe,
+            "teacher.recipe": self.teacher.recipe,
+            "student.recipe": self.student.recipe,
+            "finetune.probe_recipe": self.finetune.probe_recipe,
+        }
+        for where, recipe in loaded.items():
+            if recipe.kfold.k >= 2:
+                raise ValueError(
+                    f"{where}.kfold.k is {recipe.kfold.k}: a k-fold run is an ensemble of k models per seed, "
+                    "and a later stage loads this run's weights as one model; set k to 0 here and try k-fold "
+                    "as an ablation variant (ablation.variants, e.g. kfold_5)"
+                )
         return self
 
 

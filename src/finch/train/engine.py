@@ -52,7 +52,7 @@ class FitResult:
 
     model: torch.nn.Module
     history: list[dict] = field(default_factory=list)
-    best_epoch: int = 0
+    best_epoch: int | None = 0  # None: a k-fold ensemble (each fold has its own)
     train_time_s: float = 0.0
     train_images_per_s: float = 0.0
     stopped_early: bool = False
