@@ -70,6 +70,14 @@ def test_cross_field_checks():
         parse_params(raw)
 
 
+@pytest.mark.parametrize("scale", [0.0, 1.5])
+def test_lp_ft_learning_rate_scale_is_validated(scale):
+    raw = default_raw()
+    raw["finetune"]["lp_ft_lr_scale"] = scale
+    with pytest.raises(ConfigError, match=r"finetune.lp_ft_lr_scale.*(greater|less) than"):
+        parse_params(raw)
+
+
 @pytest.mark.parametrize("section", ["teacher", "student"])
 def test_kfold_is_refused_where_a_later_stage_loads_one_model(section):
     raw = default_raw()

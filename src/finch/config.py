@@ -253,7 +253,10 @@ TRANSFER_STRATEGIES: tuple[str, ...] = get_args(TransferStrategy)
 class FinetuneConfig(Strict):
     strategies: list[TransferStrategy] = Field(default_factory=lambda: list(TRANSFER_STRATEGIES), min_length=1)
     partial_stages: int = Field(1, ge=1, le=4, description="partial: the last k ResNet stages + head train")
-    backbone_lr_scale: float = Field(0.1, gt=0.0, le=1.0, description="full and lp_ft: backbone lr = lr x this")
+    backbone_lr_scale: float = Field(0.1, gt=0.0, le=1.0, description="full: backbone lr = lr x this")
+    lp_ft_lr_scale: float = Field(
+        0.1, gt=0.0, le=1.0, description="lp_ft's fine-tuning phase: the whole network at lr x this"
+    )
     mlp_hidden: int = Field(256, ge=1)
     lora: LoraConfig = LoraConfig()
     probe_recipe: RecipeConfig = RecipeConfig()

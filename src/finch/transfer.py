@@ -148,6 +148,7 @@ class Strategy:
     head_from_probe: bool = False  # the head starts as linear_probe's trained head of the same seed (LP-FT)
     probe_budget: bool = False  # epochs and optimizer of probe_recipe: only the path differs from the probe
     scaled_backbone_lr: bool = False  # everything but the head learns at lr x finetune.backbone_lr_scale
+    lr_scale: str | None = None  # a FinetuneConfig key: the whole network learns at lr x its value (LP-FT)
     knobs: Callable[[FinetuneConfig], dict] = _no_knobs  # its own settings, part of what defines its runs
 
     @property
@@ -164,11 +165,16 @@ class Strategy:
         if self.scaled_backbone_lr:
             optimizer = recipe.optimizer.model_copy(update={"backbone_lr_scale": cfg.backbone_lr_scale})
             recipe = recipe.model_copy(update={"optimizer": optimizer})
+        if self.lr_scale is not None:
+            optimizer = recipe.optimizer.model_copy(update={"lr": recipe.optimizer.lr * getattr(cfg, self.lr_scale)})
+            recipe = recipe.model_copy(update={"optimizer": optimizer})
         return recipe
 
     def settings(self, cfg: FinetuneConfig) -> dict:
         """The knobs of its kind (probe or network): its own set, the others None."""
-        of_kind = {"mlp_hidden": None} if self.is_probe else {"partial_stages": None, "lora": None}
+        of_kind = (
+            {"mlp_hidden": None} if self.is_probe else {"partial_stages": None, "lora": None, "lp_ft_lr_scale": None}
+        )
         return {**of_kind, **self.knobs(cfg)}
 
     def freeze(self, model: nn.Module, cfg: FinetuneConfig) -> nn.Module:
@@ -188,7 +194,14 @@ STRATEGIES: dict[str, Strategy] = {
         "cnn", "recipe", trainable=last_stages_and_head, knobs=lambda cfg: {"partial_stages": cfg.partial_stages}
     ),
     "full": Strategy("cnn", "recipe", scaled_backbone_lr=True),
-    "lp_ft": Strategy("cnn", "recipe", head_from_probe=True, scaled_backbone_lr=True),
+    # LP-FT (Kumar et al. 2022): linear probe, then the whole network fine-tuned at a small learning rate
+    "lp_ft": Strategy(
+        "cnn",
+        "recipe",
+        head_from_probe=True,
+        lr_scale="lp_ft_lr_scale",
+        knobs=lambda cfg: {"lp_ft_lr_scale": cfg.lp_ft_lr_scale},
+    ),
     "scratch": Strategy("cnn", "recipe", pretrained=False),
     "vit_linear_probe": Strategy("vit", "probe_recipe", head=linear_head),
     "vit_last_block": Strategy("vit", "vit_recipe", trainable=last_block_and_head),
