@@ -234,3 +234,22 @@ def test_differences_table_shows_the_probability_of_improvement_and_the_win_shar
     assert "| P(X > Y) | seeds higher |" in text
     # full is higher than probe in every seed (0.72.. vs 0.65..) and in every pair of runs
     assert "| full | accuracy | 3 | +0.0700 |" in text and "| 1.00 | 100% |" in text
+
+
+def test_each_unordered_pair_is_compared_once_in_the_holm_family():
+    """finetune's baselines are [linear_probe, scratch]: `scratch − linear_probe` is declared
+    (against the first-named baseline), its reverse is not tested or counted again."""
+    records = [
+        _record("finetune", v, s, a + 0.01 * s + 0.004 * k * (s % 2))  # differences that vary by seed
+        for k, (v, a) in enumerate((("linear_probe", 0.6), ("scratch", 0.55), ("full", 0.7)))
+        for s in range(3)
+    ]
+    cfg = AggregateConfig(bootstrap_resamples=200, headline_metrics=["accuracy"])
+    table = tables.runs_table(records)
+    summary = summarize(table, cfg.confidence, cfg.bootstrap_resamples, cfg.bootstrap_seed)
+    family = all_comparisons(table, summary, cfg)["finetune"]
+    pairs = sorted(zip(family.variant, family.baseline, strict=True))
+    assert pairs == [("full", "linear_probe"), ("full", "scratch"), ("scratch", "linear_probe")]
+    assert family.t_p.notna().all()
+    smallest = family.t_p.min()  # Holm: the smallest p times the family's size, 3
+    assert family.t_p_holm[family.t_p == smallest].iloc[0] == pytest.approx(min(1.0, 3 * smallest))

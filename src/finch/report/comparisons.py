@@ -38,17 +38,26 @@ def declared_pairs(stage: str, summary: pd.DataFrame, cfg: AggregateConfig) -> d
 
     A variant is compared with its stage's ``aggregate.baselines``, or with its own list in
     ``aggregate.variant_baselines`` where it has one. Baselines come in declaration order
-    (the stage's, then the variants' own), variants in name order.
+    (the stage's, then the variants' own), variants in name order. Each unordered pair is
+    compared once: where two baselines would be compared with each other both ways, only the
+    later-named one is compared with the earlier (e.g. `scratch − linear_probe` for
+    [linear_probe, scratch]), so the Holm family counts the comparison once.
     """
     variants = sorted(set(summary[summary.stage == stage].variant))
     own = cfg.variant_baselines.get(stage, {})
     declared = list(cfg.baselines.get(stage, []))
     declared += [b for v in variants for b in own.get(v, []) if b not in declared]
     pairs: dict[str, list[str]] = {}
+    seen: set[frozenset[str]] = set()
     for b in declared:
         if b not in variants and not _has_runs(b, summary):
             continue
-        compared = [v for v in variants if v != b and b in own.get(v, cfg.baselines.get(stage, []))]
+        compared = [
+            v
+            for v in variants
+            if v != b and b in own.get(v, cfg.baselines.get(stage, [])) and frozenset((v, b)) not in seen
+        ]
+        seen.update(frozenset((v, b)) for v in compared)
         if compared:
             pairs[b] = compared
     return pairs
