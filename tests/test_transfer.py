@@ -49,8 +49,10 @@ def expected_trainable(strategy: str, model: nn.Module) -> int:
         return head
     if strategy == "partial":
         return head + sum(p.numel() for p in model.layer4.parameters())
-    if strategy == "vit_last_block":
-        return head + sum(p.numel() for p in model.blocks[-1].parameters())
+    if strategy == "vit_last_block":  # the last block, the final norm(s) after it, and the head
+        norms = [p for m in (model.norm, getattr(model, "fc_norm", None)) if m is not None for p in m.parameters()]
+        assert norms, "the ViT has a final norm"
+        return head + sum(p.numel() for p in model.blocks[-1].parameters()) + sum(p.numel() for p in norms)
     if strategy == "vit_attention_only":
         return head + sum(p.numel() for b in model.blocks for p in b.attn.parameters())
     return sum(p.numel() for p in model.parameters())
@@ -199,3 +201,18 @@ def test_finetune_config_checks():
         )
     with pytest.raises(ConfigError, match="probe_recipe.augment must be all off"):
         parse_params({"finetune": {"probe_recipe": {"augment": {"flip": True}}}})
+
+
+@pytest.mark.parametrize("global_pool", ["token", "avg"])
+def test_vit_last_block_trains_the_final_norm_too(global_pool, toy_task):
+    """The final norm (timm's `norm`, or `fc_norm` with average pooling) sits between the last
+    block and the head; leaving it frozen would fix the scale of what the head sees."""
+    from finch.transfer import trainable_rule
+
+    cfg = TINY_VIT.model_copy(update={"kwargs": {**TINY_VIT.kwargs, "global_pool": global_pool}})
+    model = build_model(cfg, 2, toy_task.in_chans)
+    rule = trainable_rule("vit_last_block", model, FT)
+    trainable = {n for n, _ in model.named_parameters() if rule(n)}
+    norm = "norm" if global_pool == "token" else "fc_norm"
+    assert {f"{norm}.weight", f"{norm}.bias", "head.weight", "head.bias"} <= trainable
+    assert all(n.startswith(("blocks.1.", f"{norm}.", "head.")) for n in trainable)

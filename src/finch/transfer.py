@@ -97,9 +97,11 @@ def last_stages_and_head(model: nn.Module, cfg: FinetuneConfig) -> TrainableRule
 
 
 def last_block_and_head(model: nn.Module, cfg: FinetuneConfig) -> TrainableRule:
+    """The ViT's last block, the final norm(s) between it and the head (timm's ``norm``, and
+    ``fc_norm`` with average pooling: whichever has parameters), and the head."""
     is_head = head_only(model, cfg)
-    last_block = f"blocks.{len(model.blocks) - 1}."
-    return lambda name: is_head(name) or name.startswith(last_block)
+    last = (f"blocks.{len(model.blocks) - 1}.", "norm.", "fc_norm.")
+    return lambda name: is_head(name) or name.startswith(last)
 
 
 def attention_and_head(model: nn.Module, cfg: FinetuneConfig) -> TrainableRule:
