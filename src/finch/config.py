@@ -197,8 +197,10 @@ class TeacherConfig(Strict):
 
 
 class SoftDistillConfig(Strict):
-    alpha: float = Field(0.1, ge=0.0, le=1.0, description="weight of the teacher term (DeiT: 0.1)")
-    tau: float = Field(3.0, gt=0.0, description="temperature (DeiT: 3)")
+    alpha: float = Field(
+        0.1, ge=0.0, le=1.0, description="weight of the teacher term (DeiT paper: 0.1; DeiT's code: 0.5)"
+    )
+    tau: float = Field(3.0, gt=0.0, description="temperature (DeiT paper: 3; DeiT's code: 1)")
 
 
 class HardDistillConfig(Strict):

@@ -148,7 +148,8 @@ class Strategy:
     adapt: Callable[[nn.Module, FinetuneConfig], nn.Module] | None = None  # replaces freezing (LoRA)
     pretrained: bool = True  # False: random initialisation (the no-transfer floor)
     head_from_probe: bool = False  # the head starts as linear_probe's trained head of the same seed (LP-FT)
-    probe_budget: bool = False  # epochs and optimizer of probe_recipe: only the path differs from the probe
+    # epochs and optimizer of probe_recipe, the rest (smoothing, warm-up, augmentation) of its own recipe
+    probe_budget: bool = False
     scaled_backbone_lr: bool = False  # everything but the head learns at lr x finetune.backbone_lr_scale
     lr_scale: str | None = None  # a FinetuneConfig key: the whole network learns at lr x its value (LP-FT)
     knobs: Callable[[FinetuneConfig], dict] = _no_knobs  # its own settings, part of what defines its runs

@@ -54,15 +54,18 @@ STUDIES: dict[str, Study] = {
             note=(
                 "Strategies on the CNN backbone (pretrained on the source classes): `linear_probe` and "
                 "`mlp_probe` (heads on cached features), `frozen_backbone` (backbone frozen in the network, head "
-                "trained with augmentation), `partial` (last stage(s) + head), `full` (all, backbone at a lower "
-                "learning rate), `lp_ft` (linear probe, then the whole network fine-tuned from that head at "
-                "`finetune.lp_ft_lr_scale` x the learning rate, Kumar et al. 2022), `scratch` (same "
-                "network, random initialisation). On the ViT backbone: `vit_linear_probe`, `vit_last_block` (last "
-                "block, final norm and head), "
-                "`vit_attention_only` (attention weights + head), `vit_lora` (LoRA adapters on the attention "
-                "projections + head), `vit_full`. For the probes, train time and test img/s exclude the backbone: "
-                "it ran once, in `extract_features`. `frozen_backbone` trains the same linear head with the "
-                "probe's epochs and optimizer, through the network and with augmentation."
+                "trained with augmentation), `partial` (last stage(s) + head), `full` (every layer; the backbone "
+                "at `finetune.backbone_lr_scale` x the learning rate, 1.0 in the default profile: one rate for "
+                "all), `lp_ft` (linear probe, then the whole network fine-tuned from that head at "
+                "`finetune.lp_ft_lr_scale` x the learning rate, Kumar et al. 2022), `scratch` (same network, "
+                "random initialisation). On the ViT backbone: `vit_linear_probe`, `vit_last_block` (last block, "
+                "final norm and head), `vit_attention_only` (attention weights + head), `vit_lora` (LoRA adapters "
+                "on the attention projections + head), `vit_full`. For the probes, train time and test img/s "
+                "exclude the backbone: it ran once, in `extract_features`. `frozen_backbone` trains the same "
+                "linear head with the probe's epochs and optimizer, but through the network (frozen BatchNorm in "
+                "eval mode) and with the rest of `finetune.recipe`: its label smoothing, learning-rate warm-up and "
+                "augmentation (flip, translation; the default probe recipe has none of the three), so it differs "
+                "from `linear_probe` in those too, not only in the path."
             ),
             pareto=True,
         ),
