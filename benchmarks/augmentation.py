@@ -15,7 +15,7 @@ from torchvision import transforms
 
 from finch.config import AugmentConfig, load_params
 from finch.data.splits import load_task
-from finch.train.augment import BatchAugment, normalise
+from finch.train.augment import BatchAugment, black_level, normalise
 from finch.train.runtime import configure
 
 
@@ -36,7 +36,7 @@ def measure(epochs: int = 3, shift: int = 2, batch: int = 64) -> dict:
     device = configure(cfg.runtime)
     data = load_task("data/prepared", "target")
     mean, std = data.normalisation(device)
-    aug = BatchAugment(AugmentConfig(flip=True, translate=shift), data.num_classes, 0.0, device)
+    aug = BatchAugment(AugmentConfig(flip=True, translate=shift), data.num_classes, 0.0, device, black_level(mean, std))
     g = torch.Generator().manual_seed(0)
     t = time.perf_counter()
     for _ in range(epochs):

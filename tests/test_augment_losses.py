@@ -29,7 +29,7 @@ def test_flip_mirrors_about_half_the_batch():
 
 
 def test_mixup_gives_soft_targets_that_sum_to_one():
-    aug = BatchAugment(AugmentConfig(mixup_alpha=0.4, cutmix_alpha=1.0), 3, 0.1, torch.device("cpu"))
+    aug = BatchAugment(AugmentConfig(mixup_alpha=0.4, cutmix_alpha=1.0), 3, 0.1, torch.device("cpu"), black=-1.0)
     x, y = torch.rand(8, 1, 6, 6), torch.randint(0, 3, (8,))
     xm, ym = aug(x, y, torch.Generator().manual_seed(0))
     assert xm.shape == x.shape and ym.shape == (8, 3)
@@ -92,3 +92,23 @@ def test_sgd_nesterov_switch():
     model = torch.nn.Linear(2, 2)
     assert build_optimizer(model, OptimizerConfig(name="sgd", nesterov=True)).defaults["nesterov"]
     assert not build_optimizer(model, OptimizerConfig(name="sgd", nesterov=False)).defaults["nesterov"]
+
+
+def test_translation_pads_with_black_not_the_mean():
+    """A black image stays black after the engine's augmentation: the band a shift uncovers is
+    filled with raw 0 in normalised units (-mean/std per channel), not with 0 (the mean, grey)."""
+    from finch.data.splits import Split, TaskData
+    from finch.train.engine import EpochPlan
+    from tests.conftest import tiny_recipe
+
+    black = torch.zeros(32, 2, 8, 8, dtype=torch.uint8)
+    labels = torch.zeros(32, dtype=torch.int64)
+    data = TaskData("toy", ["a", "b"], *(Split(black, labels),) * 3, mean=(0.3, 0.5), std=(0.3, 0.25), content_hash="")
+    recipe = tiny_recipe(augment={"flip": True, "translate": 2})
+    device = torch.device("cpu")
+    model = torch.nn.Linear(1, 1)
+    objective = Objective(recipe.loss, 2, mixing=False)
+    plan = EpochPlan.build(model, model, data, recipe, device, objective, 32, 1, 1, "test")
+    x = data.to_inputs(black, device)
+    out, _ = plan.augment(x, labels, torch.Generator().manual_seed(0))
+    assert torch.equal(out, x), "translation uncovered a band that is not black"

@@ -70,6 +70,25 @@ def test_cross_field_checks():
         parse_params(raw)
 
 
+@pytest.mark.parametrize("scale", [0.0, 1.5])
+def test_lp_ft_learning_rate_scale_is_validated(scale):
+    raw = default_raw()
+    raw["finetune"]["lp_ft_lr_scale"] = scale
+    with pytest.raises(ConfigError, match=r"finetune.lp_ft_lr_scale.*(greater|less) than"):
+        parse_params(raw)
+
+
+@pytest.mark.parametrize("section", ["teacher", "student"])
+def test_kfold_is_refused_where_a_later_stage_loads_one_model(section):
+    raw = default_raw()
+    raw[section]["recipe"]["kfold"] = {"k": 5}
+    with pytest.raises(ConfigError, match=rf"{section}.recipe.kfold.k is 5: .*ensemble"):
+        parse_params(raw)
+    raw = default_raw()
+    raw["ablation"]["run"] = ["kfold_5"]
+    assert parse_params(raw).ablation.run == ["kfold_5"]  # k-fold belongs in the ablation
+
+
 def test_missing_and_malformed_params_files(tmp_path: Path):
     with pytest.raises(ConfigError, match="not found"):
         load_params(tmp_path / "nope.yaml")

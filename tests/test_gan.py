@@ -12,6 +12,8 @@ from finch.gan import (
     fid_kid,
     precision_recall,
     sample,
+    subsample,
+    synthetic_quality,
     train_gan,
     upsampling_plan,
 )
@@ -94,3 +96,37 @@ def test_precision_recall_by_construction():
     collapsed = real[:1].repeat(200, 1) + 1e-3 * torch.randn(200, 2)  # all fakes at one real point
     precision, recall = precision_recall(real, collapsed)
     assert precision == 1.0 and recall < 0.1  # faithful but not diverse
+
+
+def test_quality_measures_compare_equal_sizes():
+    """The larger set is subsampled (seeded) to the smaller one's size before FD, KID and k-NN
+    precision/recall: unequal sizes bias FD and unbalance precision against recall."""
+    g = torch.Generator().manual_seed(0)
+    real, fake = torch.randn(2000, 8, generator=g), torch.randn(200, 8, generator=g)
+    assert fid_kid(real, fake, seed=3) == fid_kid(subsample(real, 200, seed=3), fake, seed=3)
+    assert precision_recall(real, fake, 3, seed=3) == precision_recall(subsample(real, 200, seed=3), fake, 3)
+    assert fid_kid(fake, real, seed=3)["fid"] == pytest.approx(fid_kid(real, fake, seed=3)["fid"])
+
+
+def test_subsample_is_seeded_and_without_replacement():
+    x = torch.arange(50).float()[:, None]
+    a, b = subsample(x, 20, seed=1), subsample(x, 20, seed=1)
+    assert torch.equal(a, b) and len(set(a[:, 0].tolist())) == 20
+    assert not torch.equal(a, subsample(x, 20, seed=2))
+    assert torch.equal(subsample(x, 80, seed=1), x)  # nothing to drop
+
+
+def test_synthetic_quality_has_a_real_vs_real_reference_of_the_same_size_per_class():
+    g = torch.Generator().manual_seed(0)
+    real_y = torch.arange(400) % 2  # 200 real per class
+    real = torch.randn(400, 4, generator=g) + 5 * real_y[:, None]
+    fake_y = torch.tensor([0] * 60 + [1] * 120)
+    fake = torch.randn(180, 4, generator=g) + 5 * fake_y[:, None]
+    q = synthetic_quality(real, real_y, fake, fake_y, ["a", "b"], k=3, seed=0)
+    assert q["overall"]["n"] == 180 and q["overall"]["reference"]["n"] == 180
+    assert q["per_class"]["a"]["n"] == 60 and q["per_class"]["a"]["reference"]["n"] == 60
+    # class b: 120 generated, but only 200 real: two disjoint real subsets of 100 is the most that fits
+    assert q["per_class"]["b"]["n"] == 120 and q["per_class"]["b"]["reference"]["n"] == 100
+    for row in (q["overall"], *q["per_class"].values()):
+        assert {"fid", "kid", "kid_std", "precision", "recall"} <= set(row) <= set(row["reference"]) | {"reference"}
+        assert 0.7 < row["reference"]["precision"] <= 1 and 0.7 < row["reference"]["recall"] <= 1

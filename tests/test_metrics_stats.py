@@ -159,7 +159,26 @@ def test_paired_differences_pair_by_seed():
     assert d.n == 4 and d.mean_diff == pytest.approx(diffs.mean())
     lo, hi = stats.ttest_rel([0.55, 0.62, 0.47, 0.56], [0.50, 0.60, 0.40, 0.55]).confidence_interval(0.95)
     assert (d.t_low, d.t_high) == pytest.approx((lo, hi))
-    assert d.p_improvement == 1.0
+    assert d.win_share == 1.0  # every seed higher, but not every run above every baseline run:
+    assert d.prob_improvement == pytest.approx(10.5 / 16)  # 0.55 < 0.60 and ties 0.55; 0.47 < 0.50, 0.55, 0.60
+
+
+def test_probability_of_improvement_counts_all_pairs_and_ties_half():
+    """rliable's P(X > Y): over every (variant run, baseline run) pair, ties count 1/2; the
+    per-seed win share is a different number, kept under its own name."""
+    from finch.report.stats import paired_differences, probability_of_improvement
+
+    x, y = [0.5, 0.6, 0.7], [0.55, 0.6, 0.4]
+    # 0.5 beats 0.4 (1); 0.6 beats 0.55 and 0.4 and ties 0.6 (2.5); 0.7 beats all three (3): 6.5 of 9 pairs
+    assert probability_of_improvement(x, y) == pytest.approx(6.5 / 9)
+    rows = [
+        {"stage": "s", "variant": v, "seed": seed, "metric": "accuracy", "value": value}
+        for v, values in (("new", x), ("base", y))
+        for seed, value in enumerate(values)
+    ]
+    d = paired_differences(pd.DataFrame(rows), "s", "base", ["accuracy"], 0.95, 999, 0).iloc[0]
+    assert d.prob_improvement == pytest.approx(6.5 / 9)
+    assert d.win_share == pytest.approx(1 / 3)  # per seed: -0.05, 0 (a tie is no win), +0.3
 
 
 def test_paired_tests_match_scipy_called_directly():

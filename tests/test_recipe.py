@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from finch.config import FinchConfig, LossConfig, ModelConfig, PenaltyConfig, RandAugmentConfig, ablation_variant
 from finch.errors import ConfigError, ModelError
+from finch.io import load_tensors
 from finch.models import build_model
 from finch.study import Variant, kfold_splits, train_variant, write_ensemble
 from finch.train.augment import TensorRandAugment
@@ -141,7 +142,13 @@ def test_kfold_training_records_the_fold_spread(toy_task, tmp_path, monkeypatch)
     folder = train_variant(v, toy_task, [0], cfg, CPU, tmp_path / "runs", tmp_path / "models")[0]
     kf = json.loads((folder / "record.json").read_text())["kfold"]
     assert kf["k"] == 3 and len(kf["val_accuracy"]) == 3 and len(kf["test_accuracy"]) == 3
-    assert kf["val_accuracy"][kf["selected_fold"]] == max(kf["val_accuracy"])
+    assert kf["test_accuracy_std"] >= 0 and "selected_fold" not in kf
+    record = json.loads((folder / "record.json").read_text())
+    assert record["best_epoch"] is None and len(kf["best_epoch"]) == 3  # each fold has its own
+    weights = load_tensors(tmp_path / "models" / "kfold" / "seed=0.safetensors")
+    for f in range(3):  # every fold's weights, in one file, under "folds.<f>."
+        fold = {name.split(".", 2)[2]: w for name, w in weights.items() if name.startswith(f"folds.{f}.")}
+        build_model(TINY_MODEL, 2, 1).load_state_dict(fold)
 
 
 def test_ablation_variant_merges_overrides_onto_the_teacher():

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import yaml
 
 from finch.config import AggregateConfig
@@ -92,11 +93,12 @@ def _record(stage: str, variant: str, seed: int, accuracy: float, **fields) -> R
 def _records() -> list[RunRecord]:
     kfold = {
         "k": 2,
-        "selected_fold": 1,
         "val_accuracy": [0.7, 0.72],
         "test_accuracy": [0.69, 0.7],
+        "best_epoch": [3, 2],
         "val_accuracy_mean": 0.71,
         "val_accuracy_std": 0.014,
+        "test_accuracy_mean": 0.695,
         "test_accuracy_std": 0.007,
     }
     recs = [_record("teacher", "default", s, 0.70 + 0.01 * s, kfold=kfold) for s in range(3)]
@@ -140,7 +142,8 @@ def test_template_renders_a_minimal_report():
     assert "### teacher\n" in text and "### finetune/probe\n" in text
     assert "| accuracy | 3 | 0.7100 |" in text  # mean over seeds
     assert "| seed | accuracy | f1_macro | best epoch |\n|---:|---:|---:|---:|\n| 0 | 0.7000 | 0.6900 | 3 |" in text
-    assert "2-fold model selection" in text and "| 1 | 0.700, 0.720 | 0.7100 ± 0.0140 | 0.0070 | 1 |" in text
+    assert "2-fold ensemble" in text
+    assert "| 1 | 0.700, 0.720 | 0.7100 ± 0.0140 | 0.690, 0.700 | 0.6950 ± 0.0070 | 0.7100 |" in text
     assert "Paired differences against `probe`" in text and "`full` beats `probe`" in text
     assert (
         "Pareto front (no other variant is both more accurate and has fewer trainable parameters): `probe`, `full`."
@@ -169,9 +172,16 @@ def test_card_and_synthetic_quality_sections():
     section.quality = tables.quality_table(
         {
             "per_class_generated": 8,
-            "overall": {"fid": 1.0, "kid": 0.1, "kid_std": 0.01, "precision": 0.5, "recall": 0.4},
-            "per_class": {"a": {"fid": 2.0, "kid": 0.2, "kid_std": 0.02, "precision": 0.6, "recall": 0.3}},
-            "real_train_vs_test": {"fid": 0.5, "kid": 0.05, "kid_std": 0.005},
+            "overall": {
+                **{"n": 16, "fid": 1.0, "kid": 0.1, "kid_std": 0.01, "precision": 0.5, "recall": 0.4},
+                "reference": {"n": 16, "fid": 0.4, "kid": 0.04, "kid_std": 0.004, "precision": 0.8, "recall": 0.7},
+            },
+            "per_class": {
+                "a": {
+                    **{"n": 8, "fid": 2.0, "kid": 0.2, "kid_std": 0.02, "precision": 0.6, "recall": 0.3},
+                    "reference": {"n": 5, "fid": 0.5, "kid": 0.05, "kid_std": 0.005, "precision": 0.9, "recall": 0.8},
+                }
+            },
         }
     )
     section.quality_generated = 8
@@ -179,8 +189,11 @@ def test_card_and_synthetic_quality_sections():
     assert "7 training, 1 validation and 2 test images (content hash `0123456789ab`)" in text
     assert "Training warnings: 1.\n- discriminator won early\n" in text
     assert "![GAN losses](figures/gan_losses.png)" in text
-    assert "| a | 2.000 | 0.2000 ± 0.0200 | 0.600 | 0.300 |" in text
-    assert "| *reference: real training vs real test images* | 0.500 | 0.0500 ± 0.0050 | — | — |" in text
+    assert "| set | compared | images each | FD | KID | precision | recall |" in text
+    assert "| all classes | generated vs real | 16 | 1.000 | 0.1000 ± 0.0100 | 0.500 | 0.400 |" in text
+    assert "| all classes | *real vs real* | 16 | 0.400 | 0.0400 ± 0.0040 | 0.800 | 0.700 |" in text
+    assert "| a | generated vs real | 8 | 2.000 | 0.2000 ± 0.0200 | 0.600 | 0.300 |" in text
+    assert "| a | *real vs real* | 5 | 0.500 | 0.0500 ± 0.0050 | 0.900 | 0.800 |" in text
 
 
 def test_write_reports_writes_the_figures_the_page_names(tmp_path: Path):
@@ -197,3 +210,46 @@ def test_write_reports_writes_the_figures_the_page_names(tmp_path: Path):
     assert figures.variant_figures(tmp_path / "figures", "student", "none") == []
     for name in ("runs.csv", "summary.json", "summary.csv", "comparisons.csv", "plots/accuracy.csv"):
         assert (tmp_path / name).is_file()
+
+
+def test_cas_is_compared_with_its_scratch_reference_and_the_mixes_with_the_teacher():
+    records = [_record("teacher", "default", s, 0.70 + 0.01 * s) for s in range(3)]
+    records += [
+        _record("augmented", v, s, a + 0.01 * s)
+        for v, a in (("synthetic_only", 0.5), ("real_scratch", 0.6), ("mix_1", 0.71))
+        for s in range(3)
+    ]
+    cfg = AggregateConfig(bootstrap_resamples=200, headline_metrics=["accuracy"])  # the declared defaults
+    table = tables.runs_table(records)
+    summary = summarize(table, cfg.confidence, cfg.bootstrap_resamples, cfg.bootstrap_seed)
+    family = all_comparisons(table, summary, cfg)["augmented"]
+    pairs = sorted(zip(family.variant, family.baseline, strict=True))
+    assert pairs == [("mix_1", "teacher/default"), ("synthetic_only", "real_scratch")]
+    assert family.set_index("variant").mean_diff["synthetic_only"] == pytest.approx(-0.1)
+
+
+def test_differences_table_shows_the_probability_of_improvement_and_the_win_share():
+    report, _ = _report(_records())
+    text = render_results(report)
+    assert "| P(X > Y) | seeds higher |" in text
+    # full is higher than probe in every seed (0.72.. vs 0.65..) and in every pair of runs
+    assert "| full | accuracy | 3 | +0.0700 |" in text and "| 1.00 | 100% |" in text
+
+
+def test_each_unordered_pair_is_compared_once_in_the_holm_family():
+    """finetune's baselines are [linear_probe, scratch]: `scratch − linear_probe` is declared
+    (against the first-named baseline), its reverse is not tested or counted again."""
+    records = [
+        _record("finetune", v, s, a + 0.01 * s + 0.004 * k * (s % 2))  # differences that vary by seed
+        for k, (v, a) in enumerate((("linear_probe", 0.6), ("scratch", 0.55), ("full", 0.7)))
+        for s in range(3)
+    ]
+    cfg = AggregateConfig(bootstrap_resamples=200, headline_metrics=["accuracy"])
+    table = tables.runs_table(records)
+    summary = summarize(table, cfg.confidence, cfg.bootstrap_resamples, cfg.bootstrap_seed)
+    family = all_comparisons(table, summary, cfg)["finetune"]
+    pairs = sorted(zip(family.variant, family.baseline, strict=True))
+    assert pairs == [("full", "linear_probe"), ("full", "scratch"), ("scratch", "linear_probe")]
+    assert family.t_p.notna().all()
+    smallest = family.t_p.min()  # Holm: the smallest p times the family's size, 3
+    assert family.t_p_holm[family.t_p == smallest].iloc[0] == pytest.approx(min(1.0, 3 * smallest))

@@ -90,3 +90,73 @@ def test_interrupted_stage_resumes_and_matches(toy_task, tmp_path, monkeypatch):
     for a, b in zip(find_records(tmp_path / "a"), find_records(tmp_path / "b"), strict=True):
         assert a.metrics == b.metrics
         assert [r["val_loss"] for r in a.history] == [r["val_loss"] for r in b.history]
+
+
+def test_cas_and_its_real_reference_start_from_random_weights(toy_task, tmp_path, monkeypatch):
+    """The classification accuracy score trains on generated images only, from random
+    initialisation; its reference (`real_scratch`) is the same model and recipe from random
+    initialisation on the real images. Only the mixes start from the pretrained backbone."""
+    import finch.models
+    import finch.pipeline.augmented as augmented
+    from finch.io import save_tensors
+
+    backbone = tmp_path / "backbone.safetensors"
+    save_tensors(backbone, {"unused": torch.zeros(1)})
+    monkeypatch.setattr(augmented, "BACKBONE", backbone)
+    loaded = []
+    monkeypatch.setattr(finch.models, "load_backbone", lambda model, path: loaded.append(path))
+    synthetic = tmp_path / "synthetic.safetensors"
+    save_tensors(synthetic, {"train_x": toy_task.train.x.flip(-1), "train_y": toy_task.train.y})
+    cfg = FinchConfig.model_validate(
+        {"teacher": {"model": TINY_MODEL.model_dump()}, "synthetic": {"ratios": [0.5], "synthetic_only": True}}
+    )
+    variants = {v.name: (v, task) for v, task in augmented.augmented_variants(cfg, toy_task, str(synthetic))}
+    assert set(variants) == {"synthetic_only", "real_scratch", "mix_0.5"}
+    for name, (variant, _task) in variants.items():
+        loaded.clear()
+        torch.manual_seed(0)
+        model = variant.build_model(0)
+        pretrained = name.startswith("mix_")
+        assert loaded == ([backbone] if pretrained else []), name
+        assert ("backbone_hash" in variant.settings) == pretrained, name
+        if not pretrained:  # the same fresh, seeded initialisation
+            torch.manual_seed(0)
+            fresh = build_model(TINY_MODEL, toy_task.num_classes, toy_task.in_chans)
+            pairs = zip(model.state_dict().values(), fresh.state_dict().values(), strict=True)
+            assert all(torch.equal(a, b) for a, b in pairs)
+    assert torch.equal(variants["real_scratch"][1].train.x, toy_task.train.x)
+    flipped, y = toy_task.train.x.flip(-1), toy_task.train.y
+    assert torch.equal(variants["synthetic_only"][1].train.x, torch.cat([flipped[y == 0], flipped[y == 1]]))
+
+
+def test_kfold_predicts_with_the_mean_of_the_fold_models(toy_task, tmp_path, monkeypatch):
+    """k-fold is an ensemble: the test probabilities are the mean of the k fold models'
+    probabilities, not those of the fold with the best validation score."""
+    import copy
+
+    import numpy as np
+
+    import finch.study
+    from finch.evaluate import predict_proba
+    from finch.study import train_run
+
+    monkeypatch.chdir(tmp_path)
+    fold_models = []
+    real_fit = finch.study.fit
+
+    def fit(*args, **kwargs):
+        result = real_fit(*args, **kwargs)
+        fold_models.append(copy.deepcopy(result.model))
+        return result
+
+    monkeypatch.setattr(finch.study, "fit", fit)
+    recipe = tiny_recipe(epochs=1, kfold={"k": 3})
+    cfg = FinchConfig(runtime={"progress": False})
+    folder, probs = train_run(variant(toy_task, recipe), toy_task, 0, cfg, CPU, tmp_path / "runs", tmp_path / "models")
+    assert len(fold_models) == 3
+    each = [predict_proba(m, toy_task.test, toy_task.to_inputs, 64, CPU)[0] for m in fold_models]
+    np.testing.assert_allclose(probs, np.mean(each, axis=0), atol=1e-6)
+    kf = find_records(tmp_path / "runs")[0].kfold
+    assert "selected_fold" not in kf and len(kf["val_accuracy"]) == len(kf["test_accuracy"]) == 3
+    best = int(np.argmax(kf["val_accuracy"]))
+    assert not np.allclose(probs, each[best])

@@ -49,8 +49,10 @@ def expected_trainable(strategy: str, model: nn.Module) -> int:
         return head
     if strategy == "partial":
         return head + sum(p.numel() for p in model.layer4.parameters())
-    if strategy == "vit_last_block":
-        return head + sum(p.numel() for p in model.blocks[-1].parameters())
+    if strategy == "vit_last_block":  # the last block, the final norm(s) after it, and the head
+        norms = [p for m in (model.norm, getattr(model, "fc_norm", None)) if m is not None for p in m.parameters()]
+        assert norms, "the ViT has a final norm"
+        return head + sum(p.numel() for p in model.blocks[-1].parameters()) + sum(p.numel() for p in norms)
     if strategy == "vit_attention_only":
         return head + sum(p.numel() for b in model.blocks for p in b.attn.parameters())
     return sum(p.numel() for p in model.parameters())
@@ -85,20 +87,27 @@ def test_each_strategy_trains_with_its_recipe_and_settings():
         recipe=RecipeConfig(epochs=7),
         vit_recipe=RecipeConfig(epochs=9),
         backbone_lr_scale=0.2,
+        lp_ft_lr_scale=0.05,
     )
     recipes = {name: spec.recipe_of(fc) for name, spec in STRATEGIES.items()}
     assert recipes["linear_probe"] == recipes["mlp_probe"] == recipes["vit_linear_probe"] == fc.probe_recipe
     assert recipes["frozen_backbone"].epochs == 3 and recipes["frozen_backbone"].optimizer == fc.probe_recipe.optimizer
     assert recipes["frozen_backbone"].augment == fc.recipe.augment  # images, unlike the probe's cached features
-    for name in ("full", "lp_ft"):
-        assert recipes[name].optimizer.backbone_lr_scale == 0.2 and recipes[name].epochs == 7
+    assert recipes["full"].optimizer.backbone_lr_scale == 0.2 and recipes["full"].epochs == 7
+    # LP-FT (Kumar et al. 2022): after the probe, the whole network fine-tunes at a small learning rate
+    lp_ft = recipes["lp_ft"].optimizer
+    assert lp_ft.lr == pytest.approx(fc.recipe.optimizer.lr * 0.05) and lp_ft.backbone_lr_scale == 1.0
+    assert recipes["lp_ft"].model_dump(exclude={"optimizer"}) == fc.recipe.model_dump(exclude={"optimizer"})
+    assert FinetuneConfig.model_fields["lp_ft_lr_scale"].default == 0.1
     assert recipes["partial"] == recipes["scratch"] == fc.recipe
     assert recipes["vit_full"] == recipes["vit_lora"] == fc.vit_recipe
     assert STRATEGIES["linear_probe"].settings(fc) == {"mlp_hidden": None}
     assert STRATEGIES["mlp_probe"].settings(fc) == {"mlp_hidden": fc.mlp_hidden}
-    assert STRATEGIES["full"].settings(fc) == {"partial_stages": None, "lora": None}
-    assert STRATEGIES["partial"].settings(fc) == {"partial_stages": fc.partial_stages, "lora": None}
-    assert STRATEGIES["vit_lora"].settings(fc) == {"partial_stages": None, "lora": fc.lora.model_dump()}
+    none = {"partial_stages": None, "lora": None, "lp_ft_lr_scale": None}
+    assert STRATEGIES["full"].settings(fc) == none
+    assert STRATEGIES["lp_ft"].settings(fc) == {**none, "lp_ft_lr_scale": 0.05}
+    assert STRATEGIES["partial"].settings(fc) == {**none, "partial_stages": fc.partial_stages}
+    assert STRATEGIES["vit_lora"].settings(fc) == {**none, "lora": fc.lora.model_dump()}
 
 
 def test_probes_and_networks_are_not_mixed_up(toy_task, backbones):
@@ -192,3 +201,18 @@ def test_finetune_config_checks():
         )
     with pytest.raises(ConfigError, match="probe_recipe.augment must be all off"):
         parse_params({"finetune": {"probe_recipe": {"augment": {"flip": True}}}})
+
+
+@pytest.mark.parametrize("global_pool", ["token", "avg"])
+def test_vit_last_block_trains_the_final_norm_too(global_pool, toy_task):
+    """The final norm (timm's `norm`, or `fc_norm` with average pooling) sits between the last
+    block and the head; leaving it frozen would fix the scale of what the head sees."""
+    from finch.transfer import trainable_rule
+
+    cfg = TINY_VIT.model_copy(update={"kwargs": {**TINY_VIT.kwargs, "global_pool": global_pool}})
+    model = build_model(cfg, 2, toy_task.in_chans)
+    rule = trainable_rule("vit_last_block", model, FT)
+    trainable = {n for n, _ in model.named_parameters() if rule(n)}
+    norm = "norm" if global_pool == "token" else "fc_norm"
+    assert {f"{norm}.weight", f"{norm}.bias", "head.weight", "head.bias"} <= trainable
+    assert all(n.startswith(("blocks.1.", f"{norm}.", "head.")) for n in trainable)

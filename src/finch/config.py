@@ -197,8 +197,10 @@ class TeacherConfig(Strict):
 
 
 class SoftDistillConfig(Strict):
-    alpha: float = Field(0.1, ge=0.0, le=1.0, description="weight of the teacher term (DeiT: 0.1)")
-    tau: float = Field(3.0, gt=0.0, description="temperature (DeiT: 3)")
+    alpha: float = Field(
+        0.1, ge=0.0, le=1.0, description="weight of the teacher term (DeiT paper: 0.1; DeiT's code: 0.5)"
+    )
+    tau: float = Field(3.0, gt=0.0, description="temperature (DeiT paper: 3; DeiT's code: 1)")
 
 
 class HardDistillConfig(Strict):
@@ -253,7 +255,10 @@ TRANSFER_STRATEGIES: tuple[str, ...] = get_args(TransferStrategy)
 class FinetuneConfig(Strict):
     strategies: list[TransferStrategy] = Field(default_factory=lambda: list(TRANSFER_STRATEGIES), min_length=1)
     partial_stages: int = Field(1, ge=1, le=4, description="partial: the last k ResNet stages + head train")
-    backbone_lr_scale: float = Field(0.1, gt=0.0, le=1.0, description="full and lp_ft: backbone lr = lr x this")
+    backbone_lr_scale: float = Field(0.1, gt=0.0, le=1.0, description="full: backbone lr = lr x this")
+    lp_ft_lr_scale: float = Field(
+        0.1, gt=0.0, le=1.0, description="lp_ft's fine-tuning phase: the whole network at lr x this"
+    )
     mlp_hidden: int = Field(256, ge=1)
     lora: LoraConfig = LoraConfig()
     probe_recipe: RecipeConfig = RecipeConfig()
@@ -351,6 +356,10 @@ class AggregateConfig(Strict):
         },
         description="stage → variants (or other stage/variant) every variant is compared with, paired by seed",
     )
+    variant_baselines: dict[str, dict[str, list[str]]] = Field(
+        default_factory=lambda: {"augmented": {"synthetic_only": ["real_scratch"], "real_scratch": []}},
+        description="stage → {variant: its own baselines, replacing the stage's `baselines` ([] = none)}",
+    )
 
 
 class AblationConfig(Strict):
@@ -423,6 +432,22 @@ class FinchConfig(Strict):
             )
         for name in self.ablation.run:
             ablation_variant(self, name)  # raises with the variant's name and key
+        # a k-fold run is an ensemble of k models per seed; these runs' weights are loaded later
+        # as one model (the backbones, the students' teacher, explain's student, lp_ft's probe)
+        loaded = {
+            "pretrain.recipe": self.pretrain.recipe,
+            "pretrain.vit_recipe": self.pretrain.vit_recipe,
+            "teacher.recipe": self.teacher.recipe,
+            "student.recipe": self.student.recipe,
+            "finetune.probe_recipe": self.finetune.probe_recipe,
+        }
+        for where, recipe in loaded.items():
+            if recipe.kfold.k >= 2:
+                raise ValueError(
+                    f"{where}.kfold.k is {recipe.kfold.k}: a k-fold run is an ensemble of k models per seed, "
+                    "and a later stage loads this run's weights as one model; set k to 0 here and try k-fold "
+                    "as an ablation variant (ablation.variants, e.g. kfold_5)"
+                )
         return self
 
 

@@ -276,15 +276,32 @@ class _Precomputed(nn.Module):
         return features
 
 
+def subsample(x: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """``n`` rows of ``x`` drawn without replacement by a seeded permutation; ``x`` itself when it
+    has no more than ``n`` rows."""
+    if len(x) <= n:
+        return x
+    return x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]]
+
+
+def equal_sizes(real: torch.Tensor, fake: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both sets cut to the smaller one's size (:func:`subsample` of the larger)."""
+    n = min(len(real), len(fake))
+    return subsample(real, n, seed), subsample(fake, n, seed)
+
+
 def fid_kid(real: torch.Tensor, fake: torch.Tensor, seed: int = 0) -> dict[str, float]:
-    """Fréchet distance and KID (torchmetrics) between two sets of feature vectors (rows = images)."""
+    """Fréchet distance and KID (torchmetrics) between two sets of feature vectors (rows = images),
+    at equal sizes: the larger set is subsampled (``seed``) to the smaller one's size, since the
+    Fréchet distance's bias depends on both sizes."""
     from torchmetrics.image.fid import FrechetInceptionDistance
     from torchmetrics.image.kid import KernelInceptionDistance
 
+    real, fake = equal_sizes(real, fake, seed)
     torch.manual_seed(seed)  # KID draws random subsets
     identity = _Precomputed(real.shape[1])
     fid = FrechetInceptionDistance(feature=identity, reset_real_features=True)
-    kid = KernelInceptionDistance(feature=identity, subsets=50, subset_size=min(1000, len(real), len(fake)))
+    kid = KernelInceptionDistance(feature=identity, subsets=50, subset_size=min(1000, len(real)))
     for metric in (fid, kid):
         metric.update(real.double(), real=True)
         metric.update(fake.double(), real=False)
@@ -292,8 +309,9 @@ def fid_kid(real: torch.Tensor, fake: torch.Tensor, seed: int = 0) -> dict[str, 
     return {"fid": float(fid.compute()), "kid": float(kid_mean), "kid_std": float(kid_std)}
 
 
-def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> tuple[float, float]:
-    """k-NN manifold precision and recall (Kynkäänniemi et al. 2019).
+def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3, seed: int = 0) -> tuple[float, float]:
+    """k-NN manifold precision and recall (Kynkäänniemi et al. 2019), at equal sizes as there
+    (the larger set is subsampled, ``seed``): a manifold estimated from more points is denser.
 
     Precision: share of fake samples inside the real manifold (within some real sample's
     k-NN radius); recall: share of real samples inside the fake manifold.
@@ -306,5 +324,42 @@ def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> tupl
     def inside(points: torch.Tensor, ref: torch.Tensor, ref_radii: torch.Tensor) -> float:
         return float((torch.cdist(points, ref) <= ref_radii[None, :]).any(dim=1).float().mean())
 
-    real, fake = real.float(), fake.float()
+    real, fake = equal_sizes(real.float(), fake.float(), seed)
     return inside(fake, real, radii(real)), inside(real, fake, radii(fake))
+
+
+def set_quality(real: torch.Tensor, fake: torch.Tensor, k: int, seed: int) -> dict:
+    """Generated vs real at one size ``n`` (the smaller set's), and the real-vs-real reference:
+    FD, KID and precision/recall of two disjoint real subsets of that size (what a generator
+    that samples the real distribution would get), or of the largest equal size that fits in
+    the real set; each with its ``n``. The generated images are compared with one of the two."""
+    n = min(len(real), len(fake))
+    order = torch.randperm(len(real), generator=torch.Generator().manual_seed(seed))
+    real_n, fake_n = real[order[:n]], subsample(fake, n, seed)
+    m = min(n, len(real) // 2)
+    ref_a, ref_b = real[order[:m]], real[order[m : 2 * m]]
+
+    def measures(a: torch.Tensor, b: torch.Tensor) -> dict:
+        precision, recall = precision_recall(a, b, k)
+        return {"n": len(a), **fid_kid(a, b, seed), "precision": precision, "recall": recall}
+
+    return {**measures(real_n, fake_n), "reference": measures(ref_a, ref_b)}
+
+
+def synthetic_quality(
+    real: torch.Tensor,
+    real_y: torch.Tensor,
+    fake: torch.Tensor,
+    fake_y: torch.Tensor,
+    class_names: list[str],
+    k: int,
+    seed: int,
+) -> dict:
+    """:func:`set_quality` of all classes together and of each class (features and labels of the
+    real and the generated images): ``{"overall": ..., "per_class": {name: ...}}``."""
+    return {
+        "overall": set_quality(real, fake, k, seed),
+        "per_class": {
+            name: set_quality(real[real_y == c], fake[fake_y == c], k, seed) for c, name in enumerate(class_names)
+        },
+    }

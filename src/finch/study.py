@@ -24,7 +24,7 @@ from finch.evaluate import HEAD_METRICS, agreement_with, classification_metrics,
 from finch.io import save_tensors
 from finch.models import parameter_counts
 from finch.runs import RunKind, RunRecord, run_key, run_name
-from finch.train.engine import fit
+from finch.train.engine import FitResult, fit
 from finch.train.losses import Objective
 from finch.train.runtime import seed_everything
 
@@ -109,8 +109,10 @@ def train_run(
     if not distributed.is_main():  # under torchrun, rank 0 alone writes and logs
         return None, probs
     metrics["params_total"] += variant.frozen_outside
+    # one file per run; a k-fold run's holds every fold model, its keys prefixed "folds.<f>."
     weights = Path(models_root) / variant.name / f"seed={seed}.safetensors"
-    save_tensors(weights, result.model.state_dict(), {"run_key": key, "stage": variant.stage})
+    meta = {"run_key": key, "stage": variant.stage, **({"kfold": variant.recipe.kfold.k} if kfold else {})}
+    save_tensors(weights, result.model.state_dict(), meta)
     record = RunRecord.create(
         stage=variant.stage,
         variant=variant.name,
@@ -140,7 +142,7 @@ def train_run(
         history=result.history,
     )
     folder = record.write(runs_root)
-    log.info("%s: test accuracy %.4f (best epoch %d)", name, metrics["accuracy"], result.best_epoch)
+    log.info("%s: test accuracy %.4f (best epoch %s)", name, metrics["accuracy"], result.best_epoch or "per fold")
     return folder, probs
 
 
@@ -269,15 +271,57 @@ def kfold_splits(data: TaskData, k: int, seed: int) -> list[TaskData]:
     ]
 
 
+class FoldEnsemble(torch.nn.Module):
+    """The k fold models as one predictor: for each head (name → outputs-to-logits), the mean of
+    the folds' probabilities, returned as its logarithm (a softmax gives the mean back)."""
+
+    def __init__(self, models: list[torch.nn.Module], heads: dict[str, Callable]):
+        super().__init__()
+        self.folds = torch.nn.ModuleList(models)
+        self.heads = dict(heads)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        outputs = [model(x) for model in self.folds]
+        return {
+            name: torch.stack([torch.softmax(logits_of(o).float(), dim=-1) for o in outputs]).mean(0).log()
+            for name, logits_of in self.heads.items()
+        }
+
+    def readers(self) -> dict[str, Callable]:
+        """Each head's logits in this model's outputs (for :func:`predict_heads`)."""
+        return {name: (lambda out, name=name: out[name]) for name in self.heads}
+
+
+def _prediction_heads(model: torch.nn.Module, objective: Objective) -> dict[str, Callable]:
+    if isinstance(model, FoldEnsemble):
+        return model.readers()
+    return {"main": objective.logits, **objective.heads()}
+
+
+def _mean_history(histories: list[list[dict]]) -> list[dict]:
+    """Per epoch, the mean of each column over the folds that reached it (early stopping)."""
+    import numpy as np
+
+    epochs = max(len(h) for h in histories)
+    out = []
+    for e in range(epochs):
+        rows = [h[e] for h in histories if len(h) > e]
+        out.append({k: float(np.mean([r[k] for r in rows])) for k in rows[0]})
+    return out
+
+
 def fit_kfold(variant: Variant, data: TaskData, seed: int, objective, device, cfg, checkpoint: Path, key: str, name):
-    """Train one model per fold; keep the fold whose model scores best on its own validation
-    fold (model selection), and report every fold's validation and test accuracy (the spread)."""
+    """Train one model per fold and predict with all of them: the returned model is their
+    :class:`FoldEnsemble` (the mean of the k models' probabilities); no fold is selected on its
+    validation score (that would select on noise). The summary keeps every fold's validation
+    and test accuracy (the spread) and best epoch; the history is the folds' mean per epoch."""
     import numpy as np
 
     from finch.evaluate import predict_heads
 
     k = variant.recipe.kfold.k
     results, val_acc, test_acc = [], [], []
+    readout = objective or Objective(variant.recipe.loss, data.num_classes, mixing=False)  # for predictions
     for f, fold_data in enumerate(kfold_splits(data, k, seed)):
         seed_everything(seed)
         model = variant.build_model(seed)
@@ -295,43 +339,52 @@ def fit_kfold(variant: Variant, data: TaskData, seed: int, objective, device, cf
         )
         best = result.history[result.best_epoch - 1]
         val_acc.append(float(best["val_accuracy"]))
-        logits = (objective or Objective(variant.recipe.loss, data.num_classes, mixing=False)).logits
         probs, _ = predict_heads(
-            result.model, data.test, data.to_inputs, variant.recipe.eval_batch_size, device, {"main": logits}
+            result.model, data.test, data.to_inputs, variant.recipe.eval_batch_size, device, {"main": readout.logits}
         )
         test_acc.append(float((probs["main"].argmax(1) == data.test.y.numpy()).mean()))
         results.append(result)
-    chosen = int(np.argmax(val_acc))
     summary = {
         "k": k,
-        "selected_fold": chosen,
+        "prediction": "mean of the fold models' probabilities",
         "val_accuracy": val_acc,
         "test_accuracy": test_acc,
+        "best_epoch": [r.best_epoch for r in results],
         "val_accuracy_mean": float(np.mean(val_acc)),
         "val_accuracy_std": float(np.std(val_acc, ddof=1)),
+        "test_accuracy_mean": float(np.mean(test_acc)),
         "test_accuracy_std": float(np.std(test_acc, ddof=1)),
     }
     log.info(
-        "%s: %d-fold validation accuracy %.4f ± %.4f (fold %d selected)",
+        "%s: %d-fold validation accuracy %.4f ± %.4f; the %d fold models are ensembled",
         name,
         k,
         summary["val_accuracy_mean"],
         summary["val_accuracy_std"],
-        chosen,
+        k,
     )
-    return results[chosen], summary
+    heads = {"main": readout.logits, **readout.heads()}
+    ensemble = FitResult(
+        model=FoldEnsemble([r.model for r in results], heads).eval(),
+        history=_mean_history([r.history for r in results]),
+        best_epoch=None,
+        train_time_s=sum(r.train_time_s for r in results),
+        train_images_per_s=float(np.mean([r.train_images_per_s for r in results])),
+        stopped_early=any(r.stopped_early for r in results),
+    )
+    return ensemble, summary
 
 
 def test_once(model, objective: Objective | None, data: TaskData, recipe: RecipeConfig, cfg: FinchConfig, device):
-    """Evaluate the selected model on the test split, once: metrics, cost, confusion matrix and
-    the test probabilities (for ensembles).
+    """Evaluate the selected model (or a k-fold run's :class:`FoldEnsemble`) on the test split,
+    once: metrics, cost, confusion matrix and the test probabilities (for ensembles).
 
     The reported prediction is ``objective.logits``; extra heads (a distilled student's class
     and distillation heads) add their headline metrics with the head as suffix; a teacher
     adds the agreement between teacher and model.
     """
     objective = objective or Objective(recipe.loss, data.num_classes, mixing=False)
-    heads = {"main": objective.logits, **objective.heads()}
+    heads = _prediction_heads(model, objective)
     probs, speed = predict_heads(
         model, data.test, data.to_inputs, recipe.eval_batch_size, device, heads, recipe.channels_last
     )

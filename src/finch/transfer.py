@@ -97,9 +97,11 @@ def last_stages_and_head(model: nn.Module, cfg: FinetuneConfig) -> TrainableRule
 
 
 def last_block_and_head(model: nn.Module, cfg: FinetuneConfig) -> TrainableRule:
+    """The ViT's last block, the final norm(s) between it and the head (timm's ``norm``, and
+    ``fc_norm`` with average pooling: whichever has parameters), and the head."""
     is_head = head_only(model, cfg)
-    last_block = f"blocks.{len(model.blocks) - 1}."
-    return lambda name: is_head(name) or name.startswith(last_block)
+    last = (f"blocks.{len(model.blocks) - 1}.", "norm.", "fc_norm.")
+    return lambda name: is_head(name) or name.startswith(last)
 
 
 def attention_and_head(model: nn.Module, cfg: FinetuneConfig) -> TrainableRule:
@@ -146,8 +148,10 @@ class Strategy:
     adapt: Callable[[nn.Module, FinetuneConfig], nn.Module] | None = None  # replaces freezing (LoRA)
     pretrained: bool = True  # False: random initialisation (the no-transfer floor)
     head_from_probe: bool = False  # the head starts as linear_probe's trained head of the same seed (LP-FT)
-    probe_budget: bool = False  # epochs and optimizer of probe_recipe: only the path differs from the probe
+    # epochs and optimizer of probe_recipe, the rest (smoothing, warm-up, augmentation) of its own recipe
+    probe_budget: bool = False
     scaled_backbone_lr: bool = False  # everything but the head learns at lr x finetune.backbone_lr_scale
+    lr_scale: str | None = None  # a FinetuneConfig key: the whole network learns at lr x its value (LP-FT)
     knobs: Callable[[FinetuneConfig], dict] = _no_knobs  # its own settings, part of what defines its runs
 
     @property
@@ -164,11 +168,16 @@ class Strategy:
         if self.scaled_backbone_lr:
             optimizer = recipe.optimizer.model_copy(update={"backbone_lr_scale": cfg.backbone_lr_scale})
             recipe = recipe.model_copy(update={"optimizer": optimizer})
+        if self.lr_scale is not None:
+            optimizer = recipe.optimizer.model_copy(update={"lr": recipe.optimizer.lr * getattr(cfg, self.lr_scale)})
+            recipe = recipe.model_copy(update={"optimizer": optimizer})
         return recipe
 
     def settings(self, cfg: FinetuneConfig) -> dict:
         """The knobs of its kind (probe or network): its own set, the others None."""
-        of_kind = {"mlp_hidden": None} if self.is_probe else {"partial_stages": None, "lora": None}
+        of_kind = (
+            {"mlp_hidden": None} if self.is_probe else {"partial_stages": None, "lora": None, "lp_ft_lr_scale": None}
+        )
         return {**of_kind, **self.knobs(cfg)}
 
     def freeze(self, model: nn.Module, cfg: FinetuneConfig) -> nn.Module:
@@ -188,7 +197,14 @@ STRATEGIES: dict[str, Strategy] = {
         "cnn", "recipe", trainable=last_stages_and_head, knobs=lambda cfg: {"partial_stages": cfg.partial_stages}
     ),
     "full": Strategy("cnn", "recipe", scaled_backbone_lr=True),
-    "lp_ft": Strategy("cnn", "recipe", head_from_probe=True, scaled_backbone_lr=True),
+    # LP-FT (Kumar et al. 2022): linear probe, then the whole network fine-tuned at a small learning rate
+    "lp_ft": Strategy(
+        "cnn",
+        "recipe",
+        head_from_probe=True,
+        lr_scale="lp_ft_lr_scale",
+        knobs=lambda cfg: {"lp_ft_lr_scale": cfg.lp_ft_lr_scale},
+    ),
     "scratch": Strategy("cnn", "recipe", pretrained=False),
     "vit_linear_probe": Strategy("vit", "probe_recipe", head=linear_head),
     "vit_last_block": Strategy("vit", "vit_recipe", trainable=last_block_and_head),

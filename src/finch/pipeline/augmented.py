@@ -1,7 +1,11 @@
 """Stage `train_augmented`: the teacher's recipe on real plus synthetic images (and on synthetic only).
 
-The real-only reference is the `train_teacher` stage itself (same recipe, data and seeds), so
-the report pairs every variant here with the teacher of the same seed.
+The mixes start from the pretrained backbone, like the teacher; their real-only reference is
+the `train_teacher` stage itself (same recipe, data and seeds), so the report pairs each mix
+with the teacher of the same seed. The classification accuracy score (`synthetic_only`, Ravuri
+& Vinyals 2019) trains on generated images alone, from random initialisation: a backbone
+pretrained on real images would carry real-image knowledge into it. Its reference is
+`real_scratch`: the same model and recipe, from random initialisation, on the real images.
 """
 
 from __future__ import annotations
@@ -15,20 +19,18 @@ def mix_name(ratio: float) -> str:
     return f"mix_{ratio:g}"
 
 
-def plan(cfg: FinchConfig, device) -> list:
-    """The teacher's recipe on synthetic images only and on real + synthetic at each ratio."""
+def augmented_variants(cfg: FinchConfig, data, synthetic_file: str) -> list[tuple]:
+    """What the stage trains: (variant, its task) for the synthetic-only run and its real-image
+    reference (both from random initialisation), and for each mix (from the pretrained backbone)."""
     from dataclasses import replace
 
     import torch
 
-    from finch.data.splits import Split, load_task
+    from finch.data.splits import Split
     from finch.io import load_tensors
     from finch.models import build_model, load_backbone
-    from finch.runner import PlannedVariant
     from finch.study import Variant
 
-    data = load_task(PREPARED, "target")
-    synthetic_file = f"{SYNTHETIC}/synthetic.safetensors"
     synthetic = load_tensors(synthetic_file)
     sx, sy = synthetic["train_x"], synthetic["train_y"]
     real_counts = torch.bincount(data.train.y, minlength=data.num_classes)
@@ -47,33 +49,45 @@ def plan(cfg: FinchConfig, device) -> list:
         idx = torch.cat(idx)
         return Split(sx[idx], sy[idx])
 
-    mixes = [("synthetic_only", None)] if cfg.synthetic.synthetic_only else []
-    mixes += [(mix_name(r), r) for r in cfg.synthetic.ratios]
+    # (name, synthetic share or None for none, real images?, from the pretrained backbone?)
+    runs = [("synthetic_only", 1.0, False, False), ("real_scratch", None, True, False)]
+    runs = runs if cfg.synthetic.synthetic_only else []
+    runs += [(mix_name(r), r, True, True) for r in cfg.synthetic.ratios]
     tc = cfg.teacher
-    planned = []
-    for name, ratio in mixes:
-        if ratio is None:  # the classification accuracy score: synthetic training images only
-            train = synthetic_subset(1.0)
-        else:
-            extra = synthetic_subset(ratio)
-            train = Split(torch.cat([data.train.x, extra.x]), torch.cat([data.train.y, extra.y]))
+    out = []
+    for name, share, real, pretrained in runs:
+        parts = ([data.train] if real else []) + ([synthetic_subset(share)] if share is not None else [])
+        train = Split(torch.cat([p.x for p in parts]), torch.cat([p.y for p in parts]))
         task = replace(data, name=f"target+{name}", train=train, content_hash=f"{data.content_hash}+{name}")
 
-        def build(seed):
+        def build(seed, pretrained=pretrained):
             model = build_model(tc.model, data.num_classes, data.in_chans)
-            load_backbone(model, BACKBONE)
+            if pretrained:
+                load_backbone(model, BACKBONE)
             return model
 
         settings = {
             "model": tc.model.model_dump(),
             "recipe": tc.recipe.model_dump(),
-            "backbone_hash": file_hash(BACKBONE),
+            **({"backbone_hash": file_hash(BACKBONE)} if pretrained else {"init": "random"}),
             "mix": name,
-            "synthetic_hash": file_hash(synthetic_file),
+            **({"synthetic_hash": file_hash(synthetic_file)} if share is not None else {}),
         }
         variant = Variant(stage="augmented", name=name, build_model=build, recipe=tc.recipe, settings=settings)
-        planned.append(PlannedVariant(variant, task, cfg.seeds, MODELS / "augmented"))
-    return planned
+        out.append((variant, task))
+    return out
+
+
+def plan(cfg: FinchConfig, device) -> list:
+    """The stage's variants over every seed (see :func:`augmented_variants`)."""
+    from finch.data.splits import load_task
+    from finch.runner import PlannedVariant
+
+    data = load_task(PREPARED, "target")
+    return [
+        PlannedVariant(variant, task, cfg.seeds, MODELS / "augmented")
+        for variant, task in augmented_variants(cfg, data, f"{SYNTHETIC}/synthetic.safetensors")
+    ]
 
 
 def train_augmented(cfg: FinchConfig) -> None:

@@ -59,7 +59,7 @@ def generate(cfg: FinchConfig) -> None:
     import torch
 
     from finch.data.splits import load_task
-    from finch.gan import DomainFeatures, Generator, fid_kid, precision_recall, sample, save_grid
+    from finch.gan import DomainFeatures, Generator, sample, save_grid, synthetic_quality
     from finch.io import load_tensors, save_tensors, write_json
     from finch.train.runtime import configure
     from finch.transfer import feature_extractor
@@ -82,23 +82,22 @@ def generate(cfg: FinchConfig) -> None:
 
     features = DomainFeatures(feature_extractor(cfg.pretrain.model, BACKBONE, data.in_chans), data.mean, data.std)
     features.to(device)
-    real_f, fake_f, train_f = features.of(data.test.x), features.of(images), features.of(data.train.x)
-    k = cfg.synthetic.pr_k
-    quality = {"per_class_generated": per_class, "overall": {}, "per_class": {}}
-    precision, recall = precision_recall(real_f, fake_f, k)
-    quality["overall"] = {**fid_kid(real_f, fake_f), "precision": precision, "recall": recall}
-    for c, name in enumerate(data.class_names):
-        r, f = real_f[data.test.y == c], fake_f[labels == c]
-        p, rc = precision_recall(r, f, k)
-        quality["per_class"][name] = {**fid_kid(r, f), "precision": p, "recall": rc}
-    # reference: how far is real from real? (training images vs test images, same feature space)
-    quality["real_train_vs_test"] = fid_kid(real_f, train_f)
+    real_f, fake_f = features.of(data.test.x), features.of(images)
+    # equal sizes throughout, and per set a real-vs-real reference of that size (see set_quality)
+    quality = {
+        "per_class_generated": per_class,
+        **synthetic_quality(
+            real_f, data.test.y, fake_f, labels, data.class_names, cfg.synthetic.pr_k, cfg.synthetic.seed
+        ),
+    }
     write_json(REPORTS / "synthetic_quality.json", quality)
+    overall = quality["overall"]
     log.info(
-        "synthetic images: %d per class; FD %.2f, KID %.4f, precision %.3f, recall %.3f",
+        "synthetic images: %d per class; FD %.2f (real vs real %.2f), KID %.4f, precision %.3f, recall %.3f",
         per_class,
-        quality["overall"]["fid"],
-        quality["overall"]["kid"],
-        precision,
-        recall,
+        overall["fid"],
+        overall["reference"]["fid"],
+        overall["kid"],
+        overall["precision"],
+        overall["recall"],
     )

@@ -33,14 +33,45 @@ def _has_runs(stage_variant: str, summary: pd.DataFrame) -> bool:
     return not summary[(summary.stage == stage) & (summary.variant == variant)].empty
 
 
+def declared_pairs(stage: str, summary: pd.DataFrame, cfg: AggregateConfig) -> dict[str, list[str]]:
+    """baseline → the variants of ``stage`` compared with it, for the baselines that have runs.
+
+    A variant is compared with its stage's ``aggregate.baselines``, or with its own list in
+    ``aggregate.variant_baselines`` where it has one. Baselines come in declaration order
+    (the stage's, then the variants' own), variants in name order. Each unordered pair is
+    compared once: where two baselines would be compared with each other both ways, only the
+    later-named one is compared with the earlier (e.g. `scratch − linear_probe` for
+    [linear_probe, scratch]), so the Holm family counts the comparison once.
+    """
+    variants = sorted(set(summary[summary.stage == stage].variant))
+    own = cfg.variant_baselines.get(stage, {})
+    declared = list(cfg.baselines.get(stage, []))
+    declared += [b for v in variants for b in own.get(v, []) if b not in declared]
+    pairs: dict[str, list[str]] = {}
+    seen: set[frozenset[str]] = set()
+    for b in declared:
+        if b not in variants and not _has_runs(b, summary):
+            continue
+        compared = [
+            v
+            for v in variants
+            if v != b and b in own.get(v, cfg.baselines.get(stage, [])) and frozenset((v, b)) not in seen
+        ]
+        seen.update(frozenset((v, b)) for v in compared)
+        if compared:
+            pairs[b] = compared
+    return pairs
+
+
 def present_baselines(stage: str, summary: pd.DataFrame, cfg: AggregateConfig) -> list[str]:
-    """The stage's declared baselines that have runs (a variant, or another stage's "stage/variant")."""
-    variants = set(summary[summary.stage == stage].variant)
-    return [b for b in cfg.baselines.get(stage, []) if b in variants or _has_runs(b, summary)]
+    """The baselines of ``stage``'s declared comparisons that have runs (see :func:`declared_pairs`)."""
+    return list(declared_pairs(stage, summary, cfg))
 
 
-def study_comparisons(table: pd.DataFrame, stage: str, baselines: list[str], cfg: AggregateConfig) -> pd.DataFrame:
-    """Every declared comparison of ``stage`` (each variant against each baseline), paired by
+def study_comparisons(
+    table: pd.DataFrame, stage: str, pairs: dict[str, list[str]], cfg: AggregateConfig
+) -> pd.DataFrame:
+    """Every declared comparison of ``stage`` (``pairs``: baseline → its variants), paired by
     seed, with Holm-adjusted p-values over the study's family (per metric)."""
     parts = [
         paired_differences(
@@ -51,8 +82,9 @@ def study_comparisons(table: pd.DataFrame, stage: str, baselines: list[str], cfg
             cfg.confidence,
             cfg.bootstrap_resamples,
             cfg.bootstrap_seed,
+            variants=variants,
         )
-        for baseline in baselines
+        for baseline, variants in pairs.items()
     ]
     parts = [p for p in parts if not p.empty]
     if not parts:
@@ -63,7 +95,7 @@ def study_comparisons(table: pd.DataFrame, stage: str, baselines: list[str], cfg
 def all_comparisons(table: pd.DataFrame, summary: pd.DataFrame, cfg: AggregateConfig) -> dict[str, pd.DataFrame]:
     """stage → its comparison family (see :func:`study_comparisons`)."""
     return {
-        stage: study_comparisons(table, stage, present_baselines(stage, summary, cfg), cfg)
+        stage: study_comparisons(table, stage, declared_pairs(stage, summary, cfg), cfg)
         for stage in sorted(set(summary.stage))
     }
 

@@ -104,7 +104,7 @@ def build_report(
     sections, forest = [], {m: [] for m in cfg.headline_metrics}
     for stage in sorted(by_stage, key=stage_order):
         variants, s = by_stage[stage], study(stage)
-        compared = len(variants) > 1 or cfg.baselines.get(stage)
+        compared = len(variants) > 1 or cfg.baselines.get(stage) or cfg.variant_baselines.get(stage)
         section = StudySection(
             study=s,
             variants=[_variant_section(stage, v, variants[v], summary, cfg) for v in sorted(variants)],

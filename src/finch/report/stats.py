@@ -84,15 +84,24 @@ def both_intervals(values: np.ndarray, confidence: float, n_resamples: int, seed
 
 
 def paired_differences(
-    runs: pd.DataFrame, stage: str, baseline: str, metrics: list[str], confidence: float, n_resamples: int, seed: int
+    runs: pd.DataFrame,
+    stage: str,
+    baseline: str,
+    metrics: list[str],
+    confidence: float,
+    n_resamples: int,
+    seed: int,
+    variants: list[str] | None = None,
 ) -> pd.DataFrame:
-    """Each variant of ``stage`` minus ``baseline``, paired by seed, per metric.
+    """Each variant of ``stage`` (or only ``variants``) minus ``baseline``, paired by seed, per metric.
 
     ``baseline`` is a variant of ``stage`` or ``"other_stage/variant"`` (e.g. ``teacher/default``).
 
     Columns: variant, metric, n (shared seeds), mean_diff, t_low/t_high (paired t interval,
-    i.e. the t interval of the per-seed differences), boot_low/boot_high, p_improvement
-    (share of seeds where the variant is higher).
+    i.e. the t interval of the per-seed differences), boot_low/boot_high, prob_improvement
+    (P(variant > baseline) over every pair of their runs on the shared seeds, ties counting
+    half: :func:`probability_of_improvement`), win_share (share of seeds where the variant is
+    higher than the baseline of the same seed; a tie is no win), and :func:`paired_tests`.
     """
     rows = []
     base_stage, base_variant = baseline.split("/", 1) if "/" in baseline else (stage, baseline)
@@ -101,6 +110,8 @@ def paired_differences(
         "value"
     ]
     sel = chosen[(chosen.stage == stage) & ~((chosen.stage == base_stage) & (chosen.variant == base_variant))]
+    if variants is not None:
+        sel = sel[sel.variant.isin(variants)]
     for (variant, metric), group in sel.groupby(["variant", "metric"], sort=True):
         other = group.set_index("seed")["value"]
         ref = base.xs(metric, level="metric") if metric in base.index.get_level_values(0) else pd.Series(dtype=float)
@@ -115,11 +126,22 @@ def paired_differences(
                 "n": len(d),
                 "mean_diff": float(d.mean()) if len(d) else np.nan,
                 **both_intervals(d, confidence, n_resamples, seed),
-                "p_improvement": float((d > 0).mean()) if len(d) else np.nan,
+                "prob_improvement": probability_of_improvement([other[s] for s in seeds], [ref[s] for s in seeds]),
+                "win_share": float((d > 0).mean()) if len(d) else np.nan,
                 **paired_tests(d),
             }
         )
     return pd.DataFrame(rows)
+
+
+def probability_of_improvement(x, y) -> float:
+    """P(X > Y), the probability of improvement of rliable (Agarwal et al. 2021) on one task:
+    the share of all pairs (x_i, y_j) with x_i > y_j, ties counting 1/2 — the Mann-Whitney U
+    statistic of ``x`` (``scipy.stats.mannwhitneyu``) over len(x) * len(y). NaN when either is empty."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if len(x) == 0 or len(y) == 0:
+        return np.nan
+    return float(stats.mannwhitneyu(x, y).statistic / (len(x) * len(y)))
 
 
 def paired_tests(d) -> dict:

@@ -54,13 +54,18 @@ STUDIES: dict[str, Study] = {
             note=(
                 "Strategies on the CNN backbone (pretrained on the source classes): `linear_probe` and "
                 "`mlp_probe` (heads on cached features), `frozen_backbone` (backbone frozen in the network, head "
-                "trained with augmentation), `partial` (last stage(s) + head), `full` (all, backbone at a lower "
-                "learning rate), `lp_ft` (linear probe, then full fine-tuning from that head), `scratch` (same "
-                "network, random initialisation). On the ViT backbone: `vit_linear_probe`, `vit_last_block`, "
-                "`vit_attention_only` (attention weights + head), `vit_lora` (LoRA adapters on the attention "
-                "projections + head), `vit_full`. For the probes, train time and test img/s exclude the backbone: "
-                "it ran once, in `extract_features`. `frozen_backbone` trains the same linear head with the "
-                "probe's epochs and optimizer, through the network and with augmentation."
+                "trained with augmentation), `partial` (last stage(s) + head), `full` (every layer; the backbone "
+                "at `finetune.backbone_lr_scale` x the learning rate, 1.0 in the default profile: one rate for "
+                "all), `lp_ft` (linear probe, then the whole network fine-tuned from that head at "
+                "`finetune.lp_ft_lr_scale` x the learning rate, Kumar et al. 2022), `scratch` (same network, "
+                "random initialisation). On the ViT backbone: `vit_linear_probe`, `vit_last_block` (last block, "
+                "final norm and head), `vit_attention_only` (attention weights + head), `vit_lora` (LoRA adapters "
+                "on the attention projections + head), `vit_full`. For the probes, train time and test img/s "
+                "exclude the backbone: it ran once, in `extract_features`. `frozen_backbone` trains the same "
+                "linear head with the probe's epochs and optimizer, but through the network (frozen BatchNorm in "
+                "eval mode) and with the rest of `finetune.recipe`: its label smoothing, learning-rate warm-up and "
+                "augmentation (flip, translation; the default probe recipe has none of the three), so it differs "
+                "from `linear_probe` in those too, not only in the path."
             ),
             pareto=True,
         ),
@@ -69,9 +74,11 @@ STUDIES: dict[str, Study] = {
             "Synthetic images: how good they are, and what they add",
             note=(
                 "A class-conditional DCGAN (stage `train_gan`) learns the target training images; `generate` "
-                "draws labelled images from a fixed seed. `synthetic_only` trains the teacher's recipe on as many "
-                "synthetic images as there are real ones (the classification accuracy score, CAS, tested on the "
-                "real test split); `mix_r` trains it on the real images plus r times as many synthetic ones. The "
+                "draws labelled images from a fixed seed. `synthetic_only` trains the teacher's model and recipe "
+                "from random initialisation on as many synthetic images as there are real ones (the classification "
+                "accuracy score, CAS, tested on the real test split); its reference is `real_scratch`, the same "
+                "model and recipe from random initialisation on the real images. `mix_r` trains the teacher "
+                "(from the pretrained backbone) on the real images plus r times as many synthetic ones; their "
                 "reference is the teacher itself: the same recipe on the same real images with the same seeds. "
                 "Model selection uses the real validation split in every variant."
             ),

@@ -101,10 +101,17 @@ def cost_table(summary: pd.DataFrame, stage: str, variant: str) -> pd.DataFrame:
 
 
 def kfold_table(records: list[RunRecord]) -> pd.DataFrame:
-    """Per seed, the fold spread of k-fold model selection (runs with ``recipe.kfold.k`` >= 2):
-    seed, k, val_accuracy (per fold), val_accuracy_mean/std, test_accuracy_std, selected_fold."""
-    keys = ["k", "val_accuracy", "val_accuracy_mean", "val_accuracy_std", "test_accuracy_std", "selected_fold"]
-    rows = [{"seed": r.seed, **{k: r.kfold[k] for k in keys}} for r in sorted(records, key=lambda r: r.seed) if r.kfold]
+    """Per seed, the folds of a k-fold run (``recipe.kfold.k`` >= 2; its prediction is the mean of
+    the k fold models' probabilities): seed, k, val_accuracy and test_accuracy (per fold), their
+    means and stds, and ensemble_accuracy (the run's test accuracy)."""
+    keys = ["k", "val_accuracy", "val_accuracy_mean", "val_accuracy_std", "test_accuracy"]
+    keys += ["test_accuracy_mean", "test_accuracy_std"]
+    rows = [
+        {"seed": r.seed, **{k: r.kfold[k] for k in keys}, "ensemble_accuracy": r.metrics.get("accuracy")}
+        for r in sorted(records, key=lambda r: r.seed)
+        if r.kfold
+    ]
+    keys.append("ensemble_accuracy")
     return pd.DataFrame(rows, columns=["seed", *keys], dtype=object)
 
 
@@ -159,19 +166,22 @@ def ensemble_table(records: list[RunRecord]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
-QUALITY_REFERENCE = "*reference: real training vs real test images*"
+QUALITY_MEASURES = ["fid", "kid", "kid_std", "precision", "recall"]
+GENERATED_VS_REAL, REAL_VS_REAL = "generated vs real", "*real vs real*"
 
 
 def quality_table(quality: dict) -> pd.DataFrame:
-    """The synthetic images' quality (the generate stage's synthetic_quality.json): one row for all
-    classes, one per class, and the real-vs-real reference when present (no precision/recall)."""
-    rows = [{"set": "all classes", **quality["overall"]}]
-    rows += [{"set": name, **q} for name, q in quality["per_class"].items()]
-    ref = quality.get("real_train_vs_test", {})
-    if ref:
-        rows.append({"set": QUALITY_REFERENCE, "fid": ref["fid"], "kid": ref["kid"], "kid_std": ref["kid_std"]})
-    table = pd.DataFrame(rows, columns=["set", "fid", "kid", "kid_std", "precision", "recall"])
-    return table.astype({c: float for c in table.columns[1:]})
+    """The synthetic images' quality (the generate stage's synthetic_quality.json): for all classes
+    and for each class, generated vs real and the real-vs-real reference, each at equal sizes
+    (``n`` images on either side)."""
+    sets = {"all classes": quality["overall"], **quality["per_class"]}
+    rows = []
+    for name, q in sets.items():
+        rows.append({"set": name, "compared": GENERATED_VS_REAL, **{m: q[m] for m in ["n", *QUALITY_MEASURES]}})
+        ref = q["reference"]
+        rows.append({"set": name, "compared": REAL_VS_REAL, **{m: ref[m] for m in ["n", *QUALITY_MEASURES]}})
+    table = pd.DataFrame(rows, columns=["set", "compared", "n", *QUALITY_MEASURES])
+    return table.astype({"n": int, **{c: float for c in QUALITY_MEASURES}})
 
 
 def variant_label(stage: str, variant: str) -> str:

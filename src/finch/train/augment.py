@@ -7,7 +7,6 @@ come from timm. All randomness draws from the run's seeded generators.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from timm.data import Mixup
 from timm.data.random_erasing import RandomErasing
 
@@ -19,19 +18,29 @@ def normalise(x_uint8: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> t
     return (x_uint8.float() / 255.0 - mean) / std
 
 
+def black_level(mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """What raw 0 (black) becomes after :func:`normalise`: ``-mean / std`` per channel."""
+    return -mean / std
+
+
 def random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Mirror a random half of the batch left-right."""
     mask = torch.rand(x.shape[0], generator=generator, device="cpu") < 0.5
     return torch.where(mask.to(x.device)[:, None, None, None], x.flip(-1), x)
 
 
-def random_translate(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
-    """Shift each image by up to ``max_shift`` whole pixels, filling with zeros."""
+def random_translate(
+    x: torch.Tensor, max_shift: int, generator: torch.Generator, fill: torch.Tensor | float = 0.0
+) -> torch.Tensor:
+    """Shift each image by up to ``max_shift`` whole pixels; the uncovered band is ``fill``
+    (a number, or per channel, shaped ``[1, C, 1, 1]``)."""
     if max_shift <= 0:
         return x
     b, c, h, w = x.shape
     shifts = torch.randint(-max_shift, max_shift + 1, (b, 2), generator=generator, device="cpu")
-    padded = F.pad(x, (max_shift,) * 4)
+    m = max_shift
+    padded = torch.as_tensor(fill, dtype=x.dtype, device=x.device).expand(b, c, h + 2 * m, w + 2 * m).clone()
+    padded[:, :, m : m + h, m : m + w] = x
     rows = (torch.arange(h)[None, :] + max_shift - shifts[:, :1]).to(x.device)  # [B, H]
     cols = (torch.arange(w)[None, :] + max_shift - shifts[:, 1:]).to(x.device)  # [B, W]
     batch = torch.arange(b, device=x.device)[:, None, None]
@@ -58,12 +67,23 @@ class TensorRandAugment:
 class BatchAugment:
     """Train-time augmentation of a normalised float batch and its labels.
 
+    ``black`` is what a raw 0 pixel becomes after normalisation (``-mean / std`` per channel,
+    ``[1, C, 1, 1]``): translation fills the band it uncovers with it, as a shift of the raw
+    image would (zero would be the mean: a grey band never seen at test time).
     Returns ``(images, targets)``; targets are class indices, or soft label
     distributions when mixup/cutmix is on.
     """
 
-    def __init__(self, cfg: AugmentConfig, num_classes: int, label_smoothing: float, device: torch.device):
+    def __init__(
+        self,
+        cfg: AugmentConfig,
+        num_classes: int,
+        label_smoothing: float,
+        device: torch.device,
+        black: torch.Tensor | float,
+    ):
         self.cfg = cfg
+        self.black = black
         self.erase = (
             RandomErasing(probability=cfg.erasing, mode="pixel", device=str(device)) if cfg.erasing > 0 else None
         )
@@ -84,7 +104,7 @@ class BatchAugment:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.cfg.flip:
             x = random_flip(x, generator)
-        x = random_translate(x, self.cfg.translate, generator)
+        x = random_translate(x, self.cfg.translate, generator, self.black)
         if self.erase is not None:
             x = self.erase(x)
         if self.mix is not None:

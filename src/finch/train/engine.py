@@ -31,7 +31,7 @@ from finch.data.splits import TaskData
 from finch.errors import NonFiniteLossError
 from finch.evaluate import autocast_for, predict_proba
 from finch.models import keep_frozen_norms_in_eval
-from finch.train.augment import BatchAugment, TensorRandAugment
+from finch.train.augment import BatchAugment, TensorRandAugment, black_level
 from finch.train.checkpoint import load_resume_state, save_resume_state
 from finch.train.losses import Objective, ParameterPenalty
 from finch.train.optim import (
@@ -52,7 +52,7 @@ class FitResult:
 
     model: torch.nn.Module
     history: list[dict] = field(default_factory=list)
-    best_epoch: int = 0
+    best_epoch: int | None = 0  # None: a k-fold ensemble (each fold has its own)
     train_time_s: float = 0.0  # every epoch's wall time: the training loop and the validation pass
     train_loop_s: float = 0.0  # the training loop alone
     train_images_per_s: float = 0.0
@@ -179,13 +179,15 @@ class EpochPlan:
     ) -> EpochPlan:
         """The recipe's augmentation, penalty and precision for ``model`` (trained through ``forward``)."""
         augment = recipe.augment
+        # translation fills with black; cached features have no black, and are not translated
+        black = black_level(*data.normalisation(device)) if data.is_images else 0.0
         return cls(
             data=data,
             recipe=recipe,
             device=device,
             forward=forward,
             objective=objective,
-            augment=BatchAugment(augment, data.num_classes, recipe.loss.label_smoothing, device),
+            augment=BatchAugment(augment, data.num_classes, recipe.loss.label_smoothing, device, black),
             rand_augment=TensorRandAugment(augment.randaugment) if augment.randaugment.num_ops else None,
             penalty=ParameterPenalty(model, recipe.penalty) if recipe.penalty.weight > 0 else None,
             amp_dtype=_amp_dtype(recipe.amp, device),
