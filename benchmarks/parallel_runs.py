@@ -21,7 +21,7 @@ def _throughput(model_kind: str, threads: int, epochs: int, seed: int) -> float:
 
     from finch.config import load_params
     from finch.data.splits import load_task
-    from finch.distill import build_student
+    from finch.distill import DistillationObjective, build_student
     from finch.models import build_model
     from finch.train.engine import fit
     from finch.train.runtime import configure, seed_everything
@@ -30,12 +30,15 @@ def _throughput(model_kind: str, threads: int, epochs: int, seed: int) -> float:
     configure(cfg.runtime.model_copy(update={"threads": threads}))
     data = load_task("data/prepared", "target")
     seed_everything(seed)
-    if model_kind == "student":
+    objective = None
+    if model_kind == "student":  # the `none` student: both heads on the labels, no teacher
         model, recipe = build_student(cfg.student, "none", data.num_classes, data.in_chans), cfg.student.recipe
+        sc = cfg.student
+        objective = DistillationObjective(recipe.loss, data.num_classes, recipe.augment.mixing, "none", sc, None)
     else:
         model, recipe = build_model(cfg.teacher.model, data.num_classes, data.in_chans), cfg.teacher.recipe
     recipe = recipe.model_copy(update={"epochs": epochs})
-    result = fit(model, data, recipe, seed=seed, device=torch.device("cpu"), progress=False)
+    result = fit(model, data, recipe, seed=seed, device=torch.device("cpu"), objective=objective, progress=False)
     return result.train_images_per_s
 
 

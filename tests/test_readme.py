@@ -26,7 +26,7 @@ def test_a_typed_number_in_the_readme_is_caught(tmp_path):
     readme.write_text(f"# x\n\n{START}\nold\n{END}\n\nrest\n")
     assert update_readme(readme, table) and not update_readme(readme, table)
     assert readme_block(readme) == table and readme.read_text().endswith("rest\n")
-    assert "| teacher | default | 0.712 | [0.700, 0.720] | 5 | baseline |" in table
+    assert "| teacher | default | 0.712 | [0.700, 0.720] | 5 | not checked | baseline |" in table
     readme.write_text(readme.read_text().replace("0.712", "0.750"))
     assert readme_block(readme) != table
 

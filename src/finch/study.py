@@ -193,6 +193,7 @@ def longer_run(
             "regular_epochs": variant.recipe.epochs,
             "best_epoch": result.best_epoch,
             "best_val_accuracy": best["val_accuracy"],
+            "validation_images": len(data.val),
             "history": result.history,
         },
     )

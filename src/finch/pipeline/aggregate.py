@@ -18,7 +18,12 @@ def aggregate(cfg: FinchConfig) -> None:
     if not records:
         raise ConfigError(f"{RUNS}: no run records; run the training stages first (dvc repro)")
     summary = write_reports(
-        records, PREPARED / "card.json", REPORTS, cfg.aggregate, quality_path=REPORTS / "synthetic_quality.json"
+        records,
+        PREPARED / "card.json",
+        REPORTS,
+        cfg.aggregate,
+        quality_path=REPORTS / "synthetic_quality.json",
+        floors_path=REPORTS / "floors.json",
     )
     log.info("wrote %s (%d runs)", REPORTS / "results.md", len(records))
     write_headline(REPORTS)
@@ -54,6 +59,8 @@ def sync_mlflow(cfg: FinchConfig, records=None, summary=None) -> None:
     if summary is not None:
         for (stage, variant), rows in summary.groupby(["stage", "variant"]):
             keys = [r.key for r in records if r.stage == stage and r.variant == variant]
+            if not keys:  # the floors: no training run to summarise
+                continue
             summaries.append(
                 {
                     "stage": stage,

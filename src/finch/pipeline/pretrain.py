@@ -64,5 +64,8 @@ def plan(cfg: FinchConfig, device) -> list:
             recipe=recipe,
             settings={"model": model_cfg.model_dump(), "recipe": recipe.model_dump()},
         )
-        planned.append(PlannedVariant(variant, source, [cfg.pretrain.seed], MODELS / "pretrain"))
+        # a means, not a finding: no convergence check (its runs are reported, not compared)
+        planned.append(
+            PlannedVariant(variant, source, [cfg.pretrain.seed], MODELS / "pretrain", check_convergence=False)
+        )
     return planned

@@ -4,7 +4,7 @@ accuracy/cost trade-off, as DataFrames."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 
@@ -154,6 +154,14 @@ class Comparison:
     paired: pd.DataFrame
     curves: dict[str, pd.DataFrame]
     pareto: pd.DataFrame | None = None
+    convergence: pd.DataFrame = field(default_factory=pd.DataFrame)  # tables.convergence_table rows
+
+    @property
+    def still_improving(self) -> list[str]:
+        """Variants whose convergence check says they are still improving."""
+        if self.convergence.empty:
+            return []
+        return list(self.convergence[~self.convergence.converged].variant)
 
     @property
     def pareto_front(self) -> list[str]:
@@ -209,6 +217,8 @@ def compare_variants(
     summary: pd.DataFrame,
     family: pd.DataFrame,
     cfg: AggregateConfig,
+    floors: dict[str, str] | None = None,
+    convergence: pd.DataFrame | None = None,
 ) -> Comparison:
     """The comparison section's data for ``study``; ``variants`` maps variant → its records
     (in record order), ``family`` is the study's comparison family (:func:`study_comparisons`)."""
@@ -221,6 +231,10 @@ def compare_variants(
     references = [(ref, f"*{label} (reference)*") for ref, label in study.references if _has_runs(ref, summary)]
     references += [(b, f"*{b} (reference)*") for b in baselines if "/" in b]
     rows += [_variant_row(summary, *ref.split("/", 1), label, columns) for ref, label in references]
+    # the floors: what raw pixels alone get (no representation learning), one fit each
+    rows += [
+        _variant_row(summary, "floors", name, f"*floor: {label}*", columns) for name, label in (floors or {}).items()
+    ]
     accuracy = family[family.metric == "accuracy"] if not family.empty else family
     paired = pd.DataFrame(
         [
@@ -247,4 +261,5 @@ def compare_variants(
         paired=paired,
         curves={v: mean_curve(variants[v]) for v in order},
         pareto=pareto,
+        convergence=convergence if convergence is not None else pd.DataFrame(),
     )

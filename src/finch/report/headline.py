@@ -25,15 +25,20 @@ def _num(x, digits: int = 3) -> str:
     return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
-def headline_table(summary: dict, comparisons: pd.DataFrame, metric: str = "accuracy") -> str:
+def headline_table(
+    summary: dict, comparisons: pd.DataFrame, metric: str = "accuracy", convergence: pd.DataFrame | None = None
+) -> str:
     """Markdown: per study and variant, the mean ``metric`` with its 95% t interval and n, and
     the paired difference against the study's first declared baseline with its interval and
     Holm-adjusted t-test p-value."""
     lines = [
-        f"| study | variant | test {metric} | 95% t interval | n | paired difference vs baseline "
+        f"| study | variant | test {metric} | 95% t interval | n | converged | paired difference vs baseline "
         "[95% interval], Holm p |",
-        "|---|---|---:|---|---:|---|",
+        "|---|---|---:|---|---:|---|---|",
     ]
+    marks = {}
+    if convergence is not None and not convergence.empty:
+        marks = {(r.stage, r.variant): "yes" if r.converged else "**no**" for r in convergence.itertuples()}
     comp = comparisons[comparisons.metric == metric] if not comparisons.empty else comparisons
     for study in [s for s in STUDIES if s in summary]:
         for variant, metrics in summary[study].items():
@@ -42,8 +47,12 @@ def headline_table(summary: dict, comparisons: pd.DataFrame, metric: str = "accu
                 continue
             interval = "—" if m["t_low"] is None else f"[{_num(m['t_low'])}, {_num(m['t_high'])}]"
             rows = comp[(comp.stage == study) & (comp.variant == variant)] if not comp.empty else comp
-            diff = "baseline" if rows.empty else _diff_cell(rows.iloc[0])
-            lines.append(f"| {study} | {variant} | {_num(m['mean'])} | {interval} | {m['n']} | {diff} |")
+            if study == "floors":
+                diff, mark = "floor (no representation learning)", "—"
+            else:
+                diff = "baseline" if rows.empty else _diff_cell(rows.iloc[0])
+                mark = marks.get((study, variant), "not checked")
+            lines.append(f"| {study} | {variant} | {_num(m['mean'])} | {interval} | {m['n']} | {mark} | {diff} |")
     return "\n".join(lines) + "\n"
 
 
@@ -60,7 +69,11 @@ def render_from_reports(reports: Path) -> str:
         comparisons = pd.read_csv(comparisons_path)
     except (FileNotFoundError, pd.errors.EmptyDataError):
         comparisons = pd.DataFrame()
-    return headline_table(read_json(Path(reports) / "summary.json"), comparisons)
+    try:
+        convergence = pd.read_csv(Path(reports) / "convergence.csv")
+    except (FileNotFoundError, pd.errors.EmptyDataError):
+        convergence = None
+    return headline_table(read_json(Path(reports) / "summary.json"), comparisons, convergence=convergence)
 
 
 def readme_block(readme: Path) -> str | None:

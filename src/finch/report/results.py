@@ -93,6 +93,8 @@ def build_report(
     cfg: AggregateConfig,
     card: dict | None = None,
     quality: dict | None = None,
+    floors: dict | None = None,
+    convergence: pd.DataFrame | None = None,
 ) -> Report:
     """The data of results.md: a section per study with classifier runs (registry order, then
     any other stage), each variant's tables, and the overview's forest rows."""
@@ -104,11 +106,15 @@ def build_report(
     sections, forest = [], {m: [] for m in cfg.headline_metrics}
     for stage in sorted(by_stage, key=stage_order):
         variants, s = by_stage[stage], study(stage)
-        compared = len(variants) > 1 or cfg.baselines.get(stage) or cfg.variant_baselines.get(stage)
+        with_floors = tables.floor_labels(floors) if floors and s.target_task else {}
+        compared = len(variants) > 1 or cfg.baselines.get(stage) or cfg.variant_baselines.get(stage) or with_floors
+        checked = convergence[convergence.stage == stage] if convergence is not None else pd.DataFrame()
         section = StudySection(
             study=s,
             variants=[_variant_section(stage, v, variants[v], summary, cfg) for v in sorted(variants)],
-            comparison=compare_variants(s, variants, summary, families[stage], cfg) if compared else None,
+            comparison=(
+                compare_variants(s, variants, summary, families[stage], cfg, with_floors, checked) if compared else None
+            ),
             ensembles=tables.ensemble_table([r for recs in variants.values() for r in recs]),
         )
         if s.synthetic_quality:
@@ -136,18 +142,31 @@ def _write_csv(path: Path, table: pd.DataFrame, float_format: str = "%.10g") -> 
 
 
 def write_reports(
-    records: list[RunRecord], card_path: Path, out: Path, cfg: AggregateConfig, quality_path: Path | None = None
+    records: list[RunRecord],
+    card_path: Path,
+    out: Path,
+    cfg: AggregateConfig,
+    quality_path: Path | None = None,
+    floors_path: Path | None = None,
 ) -> pd.DataFrame:
     """Write runs.csv, summary.json/.csv, comparisons.csv, plots/, figures/ and results.md under
     ``out``; return the summary (one row per stage, variant and metric).
 
     ``card_path``: the prepare stage's data card (the Data section; skipped when missing).
     ``quality_path``: the generate stage's synthetic_quality.json, for the synthetic-data section.
+    ``floors_path``: the floors stage's floors.json: raw-pixel classifiers, shown in every study on
+    the target task and in the summary (stage ``floors``). Also writes convergence.csv: the
+    convergence check of every variant that has one.
     """
     out = Path(out)
     table = runs_table(records)
     _write_csv(out / "runs.csv", table)
     summary = summarize(table, cfg.confidence, cfg.bootstrap_resamples, cfg.bootstrap_seed)
+    floors = read_json(floors_path)["floors"] if floors_path and Path(floors_path).is_file() else {}
+    if floors:
+        summary = pd.concat([summary, tables.floor_summary(floors)], ignore_index=True)
+    convergence = tables.convergence_table(records)
+    _write_csv(out / "convergence.csv", convergence)
     write_json(out / "summary.json", summary_json(summary, cfg.headline_metrics))
     _write_csv(out / "summary.csv", summary)
     families = all_comparisons(table, summary, cfg)
@@ -157,7 +176,7 @@ def write_reports(
 
     card = read_json(card_path) if Path(card_path).is_file() else None
     quality = read_json(quality_path) if quality_path and Path(quality_path).is_file() else None
-    report = build_report(records, summary, families, cfg, card, quality)
+    report = build_report(records, summary, families, cfg, card, quality, floors, convergence)
     figures.write_figures(report, out / "figures")
     write_text(out / "results.md", render_results(report))
     return summary

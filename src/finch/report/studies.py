@@ -34,6 +34,11 @@ class Study:
 STUDIES: dict[str, Study] = {
     s.key: s
     for s in (
+        Study(
+            "floors",
+            "Floors: classifiers on raw pixels",
+            note="What no representation learning gets: shown in every study's table (stage `floors`).",
+        ),
         Study("pretrain", "Pretraining on the source classes", target_task=False),
         Study("teacher", "CNN teacher (fine-tuned from the pretrained backbone)"),
         Study(

@@ -187,3 +187,70 @@ def quality_table(quality: dict) -> pd.DataFrame:
 def variant_label(stage: str, variant: str) -> str:
     """How the report names a variant: "stage/variant", or the stage alone for "default"."""
     return stage if variant == "default" else f"{stage}/{variant}"
+
+
+# ------------------------------------------------------------------------ floors and convergence
+FLOORS_STAGE = "floors"
+
+
+def floor_summary(floors: dict) -> pd.DataFrame:
+    """The floors stage's test metrics as summary rows (stage ``floors``, one run each: n = 1)."""
+    rows = [
+        {"stage": FLOORS_STAGE, "variant": name, "metric": metric, "n": 1, "mean": float(value)}
+        | {key: float("nan") for key in SUMMARY_FIELDS}
+        for name, floor in floors.items()
+        for metric, value in floor["metrics"].items()
+    ]
+    return pd.DataFrame(rows)
+
+
+def floor_labels(floors: dict) -> dict[str, str]:
+    """Floor name → its label with the hyper-parameter the validation split chose."""
+    return {name: f"{f['label']} ({f['param']} = {f['value']:g})" for name, f in floors.items()}
+
+
+CONVERGENCE_COLUMNS = [
+    "stage", "variant", "seed", "epochs", "best_val", "longer_epochs", "longer_best_val", "gain", "seed_spread",
+    "threshold", "converged",
+]  # fmt: skip
+
+
+def convergence_table(records: list[RunRecord], longer_name: str = "longer.json") -> pd.DataFrame:
+    """Per variant with a convergence check (the ``longer.json`` its stage wrote next to its runs):
+    the regular run's and the longer run's best validation accuracy on the same seed, the gain, and
+    the verdict. Rule: *still improving* when the longer schedule gains more than the seeds' spread
+    of best validation accuracy (their standard deviation), or than one validation image where the
+    spread is smaller; *converged* otherwise (a loss counts as converged)."""
+    by_variant: dict[tuple[str, str], list[RunRecord]] = {}
+    for rec in records:
+        if rec.path is not None and rec.best_epoch:
+            by_variant.setdefault((rec.stage, rec.variant), []).append(rec)
+    rows = []
+    for (stage, variant), recs in sorted(by_variant.items()):
+        path = Path(recs[0].path).parent / longer_name
+        if not path.is_file():
+            continue
+        longer = read_json(path)
+        best = {r.seed: r.history[r.best_epoch - 1]["val_accuracy"] for r in recs if r.history}
+        if longer["seed"] not in best:
+            continue
+        spread = float(np.std(list(best.values()), ddof=1)) if len(best) > 1 else float("nan")
+        n_val = int(longer.get("validation_images", 0))
+        threshold = max(spread if spread == spread else 0.0, 1.0 / n_val if n_val else 0.0)
+        gain = float(longer["best_val_accuracy"]) - float(best[longer["seed"]])
+        rows.append(
+            {
+                "stage": stage,
+                "variant": variant,
+                "seed": longer["seed"],
+                "epochs": longer["regular_epochs"],
+                "best_val": float(best[longer["seed"]]),
+                "longer_epochs": longer["epochs"],
+                "longer_best_val": float(longer["best_val_accuracy"]),
+                "gain": gain,
+                "seed_spread": spread,
+                "threshold": threshold,
+                "converged": bool(gain <= threshold),
+            }
+        )
+    return pd.DataFrame(rows, columns=CONVERGENCE_COLUMNS)
