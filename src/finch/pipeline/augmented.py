@@ -7,7 +7,7 @@ the report pairs every variant here with the teacher of the same seed.
 from __future__ import annotations
 
 from finch.config import FinchConfig
-from finch.pipeline.common import BACKBONE, MODELS, PREPARED, RUNS, file_hash
+from finch.pipeline.common import BACKBONE, METRICS, MODELS, PREPARED, RUNS, file_hash
 from finch.pipeline.gan import SYNTHETIC
 
 
@@ -21,8 +21,10 @@ def train_augmented(cfg: FinchConfig) -> None:
     import torch
 
     from finch.data.splits import Split, load_task
+    from finch.distributed import is_main
     from finch.io import load_tensors
     from finch.models import build_model, load_backbone
+    from finch.runs import write_stage_metrics
     from finch.study import Variant, train_variant
     from finch.tracking import log_runs_safely
     from finch.train.runtime import configure
@@ -75,3 +77,5 @@ def train_augmented(cfg: FinchConfig) -> None:
         variant = Variant(stage="augmented", name=name, build_model=build, recipe=tc.recipe, settings=settings)
         folders += train_variant(variant, task, cfg.seeds, cfg, device, RUNS, MODELS / "augmented")
     log_runs_safely(folders, cfg.tracking, cfg.profile)
+    if is_main():
+        write_stage_metrics(RUNS, "augmented", METRICS / "train_augmented.json")

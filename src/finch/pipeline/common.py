@@ -23,6 +23,7 @@ FEATURES = Path("data/features")
 MODELS = Path("models")
 RUNS = Path("reports/runs")
 REPORTS = Path("reports")
+METRICS = REPORTS / "metrics"  # <dvc stage>.json: each training stage's means per variant (dvc.yaml `metrics:`)
 BACKBONE = MODELS / "pretrain" / "backbone.safetensors"
 VIT_BACKBONE = MODELS / "pretrain" / "vit_backbone.safetensors"
 

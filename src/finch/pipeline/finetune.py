@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 from finch.config import FinchConfig
-from finch.pipeline.common import BACKBONE, FEATURES, MODELS, PREPARED, RUNS, VIT_BACKBONE, file_hash, probe_weights
+from finch.pipeline.common import (
+    BACKBONE,
+    FEATURES,
+    METRICS,
+    MODELS,
+    PREPARED,
+    RUNS,
+    VIT_BACKBONE,
+    file_hash,
+    probe_weights,
+)
 
 
 def finetune(cfg: FinchConfig) -> None:
     """Every freezing strategy over every seed (probes on the cached features)."""
     from finch.data.splits import load_task
+    from finch.distributed import is_main
     from finch.io import load_tensors
+    from finch.runs import write_stage_metrics
     from finch.study import Variant, train_variant
     from finch.tracking import log_runs_safely
     from finch.train.runtime import configure
@@ -34,7 +46,7 @@ def finetune(cfg: FinchConfig) -> None:
         settings["recipe"] = recipe.model_dump()
         if spec.is_probe:
             cache = FEATURES / f"{spec.backbone}.safetensors"
-            task = feature_task(load_tensors(cache), data, content_hash=file_hash(cache))
+            task = feature_task(load_tensors(cache), data, content_hash=file_hash(cache), origin=str(cache))
 
             def build(seed, spec=spec, task=task):
                 return spec.head(task.train.x.shape[1], task.num_classes, fc.mlp_hidden)
@@ -56,3 +68,5 @@ def finetune(cfg: FinchConfig) -> None:
         )
         folders += train_variant(variant, task, cfg.seeds, cfg, device, RUNS, MODELS / "finetune")
     log_runs_safely(folders, cfg.tracking, cfg.profile)
+    if is_main():
+        write_stage_metrics(RUNS, "finetune", METRICS / "finetune.json")

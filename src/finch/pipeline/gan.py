@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from finch.config import FinchConfig
-from finch.pipeline.common import BACKBONE, MODELS, PREPARED, REPORTS, RUNS, log
+from finch.pipeline.common import BACKBONE, METRICS, MODELS, PREPARED, REPORTS, RUNS, log
 
 GAN_DIR = MODELS / "gan"
 SYNTHETIC = "data/synthetic"
@@ -16,7 +16,7 @@ def train_gan(cfg: FinchConfig) -> None:
     from finch.data.splits import load_task
     from finch.gan import train_gan as train
     from finch.io import save_tensors
-    from finch.runs import RunKind, RunRecord
+    from finch.runs import RunKind, RunRecord, write_stage_metrics
     from finch.tracking import log_runs_safely
     from finch.train.runtime import configure
 
@@ -46,12 +46,14 @@ def train_gan(cfg: FinchConfig) -> None:
         weights=str(weights),
         artifacts={"sample_grids": str(GAN_DIR / "grids")},
         history=result.history,
+        datasets=data.dataset_inputs(("train",)),  # a GAN sees the training images only
     )
     save_tensors(
         weights, result.generator.state_dict(), {"run_key": record.run_key, "classes": ",".join(data.class_names)}
     )
     folder = record.write(RUNS)
     log_runs_safely([folder], cfg.tracking, cfg.profile)
+    write_stage_metrics(RUNS, "gan", METRICS / "train_gan.json")
 
 
 def generate(cfg: FinchConfig) -> None:

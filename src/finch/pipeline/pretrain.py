@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from finch.config import FinchConfig
 from finch.errors import ConfigError
-from finch.pipeline.common import BACKBONE, MODELS, PREPARED, RUNS, VIT_BACKBONE
+from finch.pipeline.common import BACKBONE, METRICS, MODELS, PREPARED, RUNS, VIT_BACKBONE
 
 
 def pretrain(cfg: FinchConfig) -> None:
@@ -13,6 +13,7 @@ def pretrain(cfg: FinchConfig) -> None:
     from finch.distributed import is_main
     from finch.io import load_tensors, write_json
     from finch.models import build_model, save_backbone
+    from finch.runs import write_stage_metrics
     from finch.study import Variant, train_variant
     from finch.tracking import log_runs_safely
     from finch.train.runtime import configure
@@ -33,6 +34,7 @@ def pretrain(cfg: FinchConfig) -> None:
             save_backbone(model, path, {"origin": f"timm:{model_cfg.name}"})
         # no training run to record; the declared output folder says where the weights came from
         write_json(RUNS / "pretrain" / "origin.json", {"weights": [f"timm:{b[1].name}" for b in backbones]})
+        write_stage_metrics(RUNS, "pretrain", METRICS / "pretrain.json")  # no runs: empty, but declared
         return
     source = load_task(PREPARED, "source")
     folders = []
@@ -51,3 +53,5 @@ def pretrain(cfg: FinchConfig) -> None:
         model.load_state_dict(load_tensors(MODELS / "pretrain" / name / f"seed={pc.seed}.safetensors"))
         save_backbone(model, path, {"origin": "source classes", "source_classes": ",".join(source.class_names)})
     log_runs_safely(folders, cfg.tracking, cfg.profile)
+    if is_main():
+        write_stage_metrics(RUNS, "pretrain", METRICS / "pretrain.json")

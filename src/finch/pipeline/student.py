@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from finch.config import FinchConfig
-from finch.pipeline.common import MODELS, PREPARED, RUNS, file_hash, teacher_weights
+from finch.pipeline.common import METRICS, MODELS, PREPARED, RUNS, file_hash, teacher_weights
 
 
 def train_student(cfg: FinchConfig) -> None:
     """The distilled ViT student: every variant in student.variants, once per seed."""
     from finch.data.splits import load_task
     from finch.distill import DistillationObjective, build_student, load_teacher
+    from finch.distributed import is_main
+    from finch.runs import write_stage_metrics
     from finch.study import Variant, train_variant
     from finch.tracking import log_runs_safely
     from finch.train.runtime import configure
@@ -42,3 +44,5 @@ def train_student(cfg: FinchConfig) -> None:
         )
         folders += train_variant(variant, data, cfg.seeds, cfg, device, RUNS, MODELS / "student")
     log_runs_safely(folders, cfg.tracking, cfg.profile)
+    if is_main():
+        write_stage_metrics(RUNS, "student", METRICS / "train_student.json")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from finch.config import FinchConfig, ModelConfig, RecipeConfig
-from finch.pipeline.common import BACKBONE, MODELS, PREPARED, RUNS, file_hash
+from finch.pipeline.common import BACKBONE, METRICS, MODELS, PREPARED, RUNS, file_hash
 
 
 def backbone_cnn_variant(stage: str, name: str, model_cfg: ModelConfig, recipe: RecipeConfig, data):
@@ -29,6 +29,8 @@ def backbone_cnn_variant(stage: str, name: str, model_cfg: ModelConfig, recipe: 
 def train_teacher(cfg: FinchConfig) -> None:
     """Fine-tune the CNN teacher from the pretrained backbone, once per seed."""
     from finch.data.splits import load_task
+    from finch.distributed import is_main
+    from finch.runs import write_stage_metrics
     from finch.study import train_variant
     from finch.tracking import log_runs_safely
     from finch.train.runtime import configure
@@ -38,3 +40,5 @@ def train_teacher(cfg: FinchConfig) -> None:
     variant = backbone_cnn_variant("teacher", "default", cfg.teacher.model, cfg.teacher.recipe, data)
     folders = train_variant(variant, data, cfg.seeds, cfg, device, RUNS, MODELS / "teacher")
     log_runs_safely(folders, cfg.tracking, cfg.profile)
+    if is_main():
+        write_stage_metrics(RUNS, "teacher", METRICS / "train_teacher.json")
