@@ -87,20 +87,35 @@ def generate(cfg: FinchConfig) -> None:
     real_f, fake_f, train_f = features.of(data.test.x), features.of(images), features.of(data.train.x)
     k = cfg.synthetic.pr_k
     quality = {"per_class_generated": per_class, "overall": {}, "per_class": {}}
-    precision, recall = precision_recall(real_f, fake_f, k)
+
+    def knn_quality(real, fake, what: str) -> tuple[float | None, float | None]:
+        if min(len(real), len(fake)) > k:
+            return precision_recall(real, fake, k)
+        # a small dataset of one's own: k-NN radii need more than k images on each side
+        log.warning(
+            "%s: %d real test and %d generated images, too few for k-NN precision/recall with "
+            "synthetic.pr_k=%d; left empty",
+            what,
+            len(real),
+            len(fake),
+            k,
+        )
+        return None, None
+
+    precision, recall = knn_quality(real_f, fake_f, "all classes")
     quality["overall"] = {**fid_kid(real_f, fake_f), "precision": precision, "recall": recall}
     for c, name in enumerate(data.class_names):
         r, f = real_f[data.test.y == c], fake_f[labels == c]
-        p, rc = precision_recall(r, f, k)
+        p, rc = knn_quality(r, f, f"class {name!r}")
         quality["per_class"][name] = {**fid_kid(r, f), "precision": p, "recall": rc}
     # reference: how far is real from real? (training images vs test images, same feature space)
     quality["real_train_vs_test"] = fid_kid(real_f, train_f)
     write_json(REPORTS / "synthetic_quality.json", quality)
     log.info(
-        "synthetic images: %d per class; FD %.2f, KID %.4f, precision %.3f, recall %.3f",
+        "synthetic images: %d per class; FD %.2f, KID %.4f, precision %s, recall %s",
         per_class,
         quality["overall"]["fid"],
         quality["overall"]["kid"],
-        precision,
-        recall,
+        "—" if precision is None else f"{precision:.3f}",
+        "—" if recall is None else f"{recall:.3f}",
     )
