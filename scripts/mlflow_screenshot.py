@@ -45,8 +45,8 @@ INSTALL_DRIVER = (
     "requirements-dev.lock; no `playwright install`: it drives the system Chromium)"
 )
 DEFAULT_EXPERIMENT = "finch-default"
-DEFAULT_COLUMNS = ("accuracy", "accuracy.mean")
-DEFAULT_HIDDEN = ("Dataset", "Source", "Models")
+DEFAULT_COLUMNS = ("accuracy", "accuracy_mean")  # a seed run's accuracy, a summary run's mean
+DEFAULT_HIDDEN = ("Source", "Models")  # the Dataset column stays: which prepared splits a run saw
 
 # The run-name cell holds the expand/collapse button of a parent run (MLflow 3.x,
 # RunNameCellRenderer); the second selector is the same button by its generated component id.

@@ -122,3 +122,89 @@ def test_mixing_is_on_when_mixup_or_cutmix_is():
     assert not AugmentConfig().mixing
     assert AugmentConfig(mixup_alpha=0.2).mixing and AugmentConfig(cutmix_alpha=1.0).mixing
     assert "mixing" not in RecipeConfig().model_dump()["augment"]  # derived, so not part of any run's hash
+
+
+# ------------------------------------------------------------------ model input sizes follow the data
+def own_data(raw: dict, size: int = 32, channels: int = 3) -> dict:
+    """``raw`` pointed at an RGB image folder of ``size`` px (the README's "Your own dataset")."""
+    raw["data"].update(
+        source="image_folder", root="data/mine", image_size=size, channels=channels, mean=[0.5] * 3, std=[0.25] * 3
+    )
+    return raw
+
+
+def test_vit_patch_size_rule():
+    from finch.config import vit_patch_size
+
+    picks = {size: vit_patch_size(size) for size in (8, 28, 30, 32, 48, 64, 96, 224, 31)}
+    assert picks == {8: 2, 28: 7, 30: 6, 32: 8, 48: 12, 64: 16, 96: 16, 224: 16, 31: None}
+
+
+def test_default_profile_keeps_its_explicit_vit_sizes():
+    cfg = parse_params(default_raw())
+    assert cfg.pretrain.vit_model.kwargs == {
+        "img_size": 28,
+        "patch_size": 7,
+        "embed_dim": 96,
+        "depth": 4,
+        "num_heads": 3,
+    }
+    assert (cfg.student.model.kwargs["img_size"], cfg.student.model.kwargs["patch_size"]) == (28, 7)
+
+
+def test_explicit_vit_size_the_data_does_not_have_fails_naming_both_keys():
+    with pytest.raises(ConfigError) as err:
+        parse_params(own_data(default_raw()))
+    msg = str(err.value)
+    assert "pretrain.vit_model.kwargs.img_size is 28 but data.image_size is 32" in msg
+    assert "to 32" in msg and "or to null" in msg
+
+
+def test_unset_vit_sizes_follow_the_data_and_the_models_take_its_images():
+    import torch
+
+    from finch.distill import build_student
+    from finch.models import build_model
+
+    raw = own_data(default_raw())
+    for section in (raw["pretrain"]["vit_model"], raw["student"]["model"]):
+        section["kwargs"].update(img_size=None, patch_size=None)  # null: follow data.image_size
+    cfg = parse_params(raw)
+    for model in (cfg.pretrain.vit_model, cfg.student.model):
+        assert (model.kwargs["img_size"], model.kwargs["patch_size"]) == (32, 8)
+    x = torch.zeros(2, 3, 32, 32)
+    with torch.no_grad():
+        assert build_model(cfg.pretrain.vit_model, 4, 3).eval()(x).shape == (2, 4)
+        for variant in ("hard", "class_token"):  # the distilled ViT and the plain class-token ViT
+            out = build_student(cfg.student, variant, 4, 3).eval()(x)
+            assert (out[0] if isinstance(out, tuple) else out).shape == (2, 4)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"img_size": 32, "patch_size": 7}, r"student.model.kwargs.patch_size 7 does not divide img_size 32.*e\.g\. 8"),
+        ({"img_size": None, "patch_size": None, "in_chans": 3}, r"student.model.kwargs sets in_chans.*data.channels"),
+    ],
+)
+def test_vit_settings_that_cannot_take_the_data_fail_in_check(kwargs, match):
+    raw = own_data(default_raw())
+    raw["pretrain"]["vit_model"]["kwargs"].update(img_size=None, patch_size=None)
+    raw["student"]["model"]["kwargs"].update(kwargs)
+    with pytest.raises(ConfigError, match=match):
+        parse_params(raw)
+
+
+def test_a_size_without_a_patch_divisor_fails_in_check():
+    raw = default_raw()
+    raw["data"]["image_size"] = 31
+    raw["pretrain"]["vit_model"]["kwargs"].update(img_size=None, patch_size=None)
+    with pytest.raises(ConfigError, match=r"pretrain.vit_model: no patch size from 2 to 16 divides"):
+        parse_params(raw)
+
+
+def test_null_unsets_an_inherited_kwarg():
+    cfg = parse_params(render_profile("cub200", REPO / "profiles")[0])
+    assert cfg.pretrain.vit_model.kwargs == {"img_size": 224, "patch_size": 16}  # vit_small's own widths
+    assert cfg.teacher.model.kwargs == {} and cfg.pretrain.model.kwargs == {}  # resnet50's own channels
+    assert "embed_dim" not in cfg.student.model.kwargs  # deit_tiny's, so its pretrained weights fit

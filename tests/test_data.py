@@ -83,6 +83,20 @@ def test_bad_image_folders_fail_clearly_and_leave_nothing(tmp_path, case, match)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
 
 
+def test_every_corrupt_image_is_named_in_one_error(tmp_path):
+    root = tmp_path / "tree"
+    make_tree(root)
+    bad = [root / "a" / "bad1.png", root / "b" / "bad2.jpg", root / "c" / "bad3.png"]
+    for path in bad:
+        path.write_bytes(b"not an image")
+    with pytest.raises(DataError, match="3 unreadable or corrupt image") as err:
+        prepare(folder_cfg(root), tmp_path / "out")
+    for path in bad:  # all of them, wherever the split put them, not the first one only
+        assert f"{path}: unreadable or corrupt image" in str(err.value)
+    assert "data.on_bad_image: skip" in str(err.value)
+    assert not (tmp_path / "out").exists()
+
+
 def test_corrupt_image_can_be_skipped_and_reported(tmp_path):
     root = tmp_path / "tree"
     make_tree(root)

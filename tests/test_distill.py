@@ -145,3 +145,49 @@ def test_hard_distillation_drives_the_distillation_head_to_the_teachers_class(to
     with torch.no_grad():
         _, dist = result.model(x)
     assert (dist.argmax(1) == k).float().mean() > 0.95  # the token's head follows the teacher
+
+
+# ------------------------------------------------------------------ cross-check with timm's DeiT task
+def timm_token_task(student: nn.Module, teacher: nn.Module, signal: str, alpha: float, tau: float, smoothing: float):
+    """timm's own DeiT token distillation (timm.task.TokenDistillationTask) in complementary
+    weighting: (1 - alpha) * task loss + alpha * distillation loss, as DeiT and Finch weigh them."""
+    from timm.task.token_distillation import TokenDistillationTask
+
+    return TokenDistillationTask(
+        student_model=student,
+        teacher_model=teacher,
+        criterion=nn.CrossEntropyLoss(label_smoothing=smoothing),
+        distill_type=signal,
+        task_loss_weight=1.0 - alpha,
+        temperature=tau,
+        device=CPU,
+        verbose=False,
+    )
+
+
+@pytest.mark.parametrize(
+    "signal,normalisation,smoothing",
+    [("soft", "batchmean", 0.0), ("soft", "batchmean", 0.1), ("soft", "per_logit", 0.1), ("hard", "batchmean", 0.1)],
+)
+def test_losses_equal_timms_token_distillation(signal, normalisation, smoothing):
+    """Finch's soft and hard objectives give timm 1.0's TokenDistillationTask loss on the same student,
+    teacher and batch. timm's soft term is KL with reduction='batchmean' (Finch's batchmean);
+    Finch's per_logit (DeiT's code: reduction='sum' / logits.numel()) is timm's term / classes."""
+    num_classes, alpha, tau = 5, 0.3, 2.0
+    torch.manual_seed(0)
+    cfg = student_cfg(soft={"alpha": alpha, "tau": tau}, hard={"alpha": alpha}, kl_normalisation=normalisation)
+    student = build_student(cfg, signal, num_classes, 1).train()
+    teacher = build_model(TINY_MODEL, num_classes, 1).eval()
+    x = torch.randn(6, 1, 12, 12)
+    y = torch.tensor([0, 1, 2, 3, 4, 0])
+
+    objective = DistillationObjective(LossConfig(label_smoothing=smoothing), num_classes, False, signal, cfg, teacher)
+    ours = objective.loss(student(x), y, x)
+    task = timm_token_task(student.vit, teacher, signal, alpha, tau, smoothing)
+    theirs = task(x, y)
+    if normalisation == "per_logit":
+        expected = (1 - alpha) * theirs["task_loss"] + alpha * theirs["distill_loss"] / num_classes
+    else:
+        expected = theirs["loss"]
+    assert ours.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert ours.item() != pytest.approx(((1 - alpha) * theirs["task_loss"]).item(), rel=1e-3)  # the teacher counts

@@ -44,6 +44,7 @@ def queued(tmp_path_factory):
     # the cache (and reports/runs/pretrain out of git) and trains only the teacher
     run(["dvc", "repro", "pretrain"], repo, env)
     git_commit(repo, env, "smoke profile, prepared data and pretrained backbone")
+    baseline = run(["git", "rev-parse", "HEAD"], repo, env).stdout.strip()
     # no store yet: the two workers race to create the MLflow database and the experiment
     for path in ("mlflow.db", "mlartifacts"):
         target = repo / path
@@ -85,7 +86,9 @@ def queued(tmp_path_factory):
         name: subprocess.run(["dvc", "queue", "logs", name], cwd=repo, env=env, capture_output=True, text=True).stdout
         for name in LRS
     }
-    return SimpleNamespace(path=repo, env=env, status=status, logs=logs, wall_s=time.monotonic() - started)
+    return SimpleNamespace(
+        path=repo, env=env, status=status, logs=logs, wall_s=time.monotonic() - started, baseline=baseline
+    )
 
 
 def exp_revs(repo: Path, env: dict) -> dict[str, dict]:
@@ -150,6 +153,16 @@ def test_exp_show_lists_both_experiments(queued):
         assert record["params"]["recipe.optimizer.lr"] == lr
         (logged,) = client.search_runs([exp_id], f"tags.`finch.run_key` = '{record['run_key']}'")
         assert logged.data.metrics["accuracy"] == pytest.approx(record["metrics"]["accuracy"])
+        # the MLflow run knows its DVC experiment (DVC_EXP_NAME / DVC_EXP_BASELINE_REV), as does its record
+        expected = {"dvc.exp_name": name, "dvc.exp_baseline_rev": queued.baseline}
+        assert {k: logged.data.tags.get(k) for k in expected} == expected
+        assert {k: record["tags"].get(k) for k in expected} == expected
+        # ... and `dvc exp show` has the teacher-only experiment's own numbers: the stage's metrics file
+        shown = entry["data"]["metrics"]["reports/metrics/train_teacher.json"]["data"]
+        assert shown["teacher"]["default"]["accuracy"] == {
+            "n": len(SEEDS),
+            "mean": pytest.approx(record["metrics"]["accuracy"]),
+        }
 
 
 def test_parallel_workers_open_a_fresh_store(tmp_path):

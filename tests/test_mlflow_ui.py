@@ -39,7 +39,7 @@ def make_store(tmp_path: Path) -> tuple[str, dict[str, str], dict[str, list[str]
     for parent_name, (stage, variant, seeds) in FAMILIES.items():
         tags = {"finch.kind": "summary", "finch.stage": stage, "finch.variant": variant}
         parent = client.create_run(exp, run_name=parent_name, tags=tags).info.run_id
-        client.log_metric(parent, "accuracy.mean", 0.8)
+        client.log_metric(parent, "accuracy_mean", 0.8)
         client.set_terminated(parent)
         names[parent], children[parent] = parent_name, []
         for seed in range(seeds):

@@ -107,6 +107,12 @@ def test_smoke_outputs_and_records(smoke_repo):
         "reports/plots/curves_student.csv",
     ]:
         assert (repo / path).is_file(), path
+    # each training stage's own DVC metrics: its variants' means over seeds
+    student_metrics = json.loads((repo / "reports/metrics/train_student.json").read_text())
+    assert set(student_metrics["student"]) == set(STUDENT_VARIANTS)
+    assert student_metrics["student"]["hard"]["accuracy"]["n"] == 2
+    stages = ("pretrain", "train_teacher", "finetune", "train_gan", "train_augmented", "ablation")
+    assert all((repo / f"reports/metrics/{stage}.json").is_file() for stage in stages)
 
 
 def test_dvc_plots_and_metrics_render(smoke_repo):
@@ -135,6 +141,14 @@ def test_mlflow_has_every_run(smoke_repo):
     assert set(runs["status"]) == {"FINISHED"}
     assert seeds[seeds["tags.finch.stage"] != "gan"]["metrics.accuracy"].between(0, 1).all()
     summaries = runs[runs["tags.finch.kind"] == "summary"]
+    teacher_summary = summaries[summaries["tags.mlflow.runName"] == "teacher/summary"].iloc[0]
+    assert 0 <= teacher_summary["metrics.accuracy_ci_low"] <= teacher_summary["metrics.accuracy_mean"] <= 1
+    assert "metrics.accuracy.boot_low" not in runs and "metrics.precision_macro_mean" not in runs  # few, named
+    client = mlflow.tracking.MlflowClient()
+    experiment = client.get_experiment_by_name("finch-smoke")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    teacher_run = client.get_run(seeds[seeds["tags.mlflow.runName"] == "teacher/seed=0"]["run_id"].iloc[0])
+    assert {d.dataset.name for d in teacher_run.inputs.dataset_inputs} == {"target/train", "target/val", "target/test"}
     assert sorted(summaries["tags.mlflow.runName"]) == sorted(
         ["pretrain/source/summary", "pretrain/vit_source/summary", "teacher/summary"]
         + [f"student/{v}/summary" for v in variants]
@@ -154,7 +168,6 @@ def test_mlflow_has_every_run(smoke_repo):
     hard = seeds[seeds["tags.finch.variant"] == "hard"]
     assert len(hard) == 2 and hard["metrics.teacher_agreement"].between(0, 1).all()
     gan = seeds[seeds["tags.finch.stage"] == "gan"]
-    client = mlflow.tracking.MlflowClient()
     grids = client.list_artifacts(gan["run_id"].iloc[0], "sample_grids")
     assert len(grids) == 2  # one fixed-noise grid per epoch (smoke: 2 epochs)
     assert len(client.get_metric_history(gan["run_id"].iloc[0], "d_loss")) == 2

@@ -8,8 +8,23 @@ from finch.config import TrackingConfig
 from finch.runs import RunKind, RunRecord, find_records
 from finch.tracking import KEY_TAG, Tracker, log_runs_safely, sync
 
+DATASETS = [
+    {
+        "name": "target/train",
+        "digest": "0123456789abcdef",
+        "source": "data/prepared/target.safetensors",
+        "context": "training",
+    },
+    {
+        "name": "target/test",
+        "digest": "0123456789abcdef",
+        "source": "data/prepared/target.safetensors",
+        "context": "testing",
+    },
+]
 
-def fake_record(root: Path, seed: int) -> Path:
+
+def fake_record(root: Path, seed: int, tags: dict | None = None) -> Path:
     record = RunRecord(
         stage="teacher",
         variant="default",
@@ -19,7 +34,13 @@ def fake_record(root: Path, seed: int) -> Path:
         params_hash="h",
         kind=RunKind.CLASSIFIER,
         params={"recipe": {"lr": 0.1}},
-        tags={"finch.stage": "teacher", "finch.variant": "default", "finch.seed": str(seed), KEY_TAG: f"key{seed}"},
+        tags={
+            "finch.stage": "teacher",
+            "finch.variant": "default",
+            "finch.seed": str(seed),
+            KEY_TAG: f"key{seed}",
+            **(tags or {}),
+        },
         metrics={"accuracy": 0.5 + seed / 10, "params_total": 10},
         cost={"train_time_s": 1.0},
         best_epoch=2,
@@ -30,6 +51,7 @@ def fake_record(root: Path, seed: int) -> Path:
             {"epoch": 1, "train_loss": 1.0, "val_loss": 0.9, "val_accuracy": 0.6, "lr": 0.1},
             {"epoch": 2, "train_loss": 0.5, "val_loss": 0.6, "val_accuracy": 0.8, "lr": 0.05},
         ],
+        datasets=DATASETS,
     )
     return record.write(root)
 
@@ -114,7 +136,10 @@ def test_summary_run_is_parent_of_its_seed_runs(tmp_path, store):
     parents = runs[runs["tags.finch.kind"] == "summary"]
     assert len(parents) == 1
     parent_id = parents.iloc[0]["run_id"]
-    assert parents.iloc[0]["metrics.accuracy.t_low"] == pytest.approx(0.4)
+    # few, named comparison metrics: the mean and its 95% t interval, nothing else
+    logged = {k.removeprefix("metrics."): v for k, v in parents.iloc[0].items() if k.startswith("metrics.")}
+    logged = {k: v for k, v in logged.items() if v == v}  # the seed runs' columns are NaN here
+    assert logged == pytest.approx({"accuracy_mean": 0.6, "accuracy_ci_low": 0.4, "accuracy_ci_high": 0.8})
     listed = Tracker(store, "test").client.list_artifacts(parent_id, "figures")
     assert [a.path for a in listed] == ["figures/teacher_default_confusion.png"]
     children = runs[runs["tags.mlflow.parentRunId"] == parent_id]
@@ -134,3 +159,99 @@ def test_logged_uri_hides_credentials(monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://alice:s3cret-token@mlflow.example.org:5000")
     shown = shown_uri(TrackingConfig())
     assert "s3cret-token" not in shown and "alice" not in shown and shown.endswith("@mlflow.example.org:5000")
+
+
+# ------------------------------------------------------------------ DVC experiments and the MLflow UI
+def test_run_tags_name_the_dvc_experiment_only_under_dvc_exp_run(monkeypatch):
+    from finch.runs import run_tags
+
+    for var in ("DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"):
+        monkeypatch.delenv(var, raising=False)
+    assert not {"dvc.exp_name", "dvc.exp_baseline_rev"} & set(run_tags("teacher", "default", "test"))
+    monkeypatch.setenv("DVC_EXP_NAME", "lr-high")  # what dvc exp run sets for every stage command
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", "a" * 40)
+    tags = run_tags("teacher", "default", "test")
+    assert tags["dvc.exp_name"] == "lr-high" and tags["dvc.exp_baseline_rev"] == "a" * 40
+    record = RunRecord.create(  # the record keeps them, so a later `finch sync` logs them too
+        stage="teacher",
+        variant="default",
+        seed=0,
+        kind=RunKind.CLASSIFIER,
+        settings={"lr": 0.1},
+        profile="test",
+        device="cpu",
+        metrics={},
+        cost={},
+    )
+    assert record.tags["dvc.exp_name"] == "lr-high" and record.tags["dvc.exp_baseline_rev"] == "a" * 40
+
+
+def test_summary_run_links_to_the_dvc_experiment_of_its_seed_runs(tmp_path, store):
+    experiment = {"dvc.exp_name": "lr-high", "dvc.exp_baseline_rev": "b" * 40}
+    for seed in (0, 1):
+        fake_record(tmp_path / "runs", seed, tags=experiment)
+    records = find_records(tmp_path / "runs")
+    row = {"metric": "accuracy", "mean": 0.6, "t_low": 0.4, "t_high": 0.8}
+    summaries = [{"stage": "teacher", "variant": "default", "rows": [row], "member_keys": [r.key for r in records]}]
+    sync(records, store, "test", summaries)
+    runs = {r.info.run_name: r for r in Tracker(store, "test").search()}
+    for name in ("teacher/seed=0", "teacher/seed=1", "teacher/summary"):
+        assert {k: runs[name].data.tags[k] for k in experiment} == experiment, name
+    note = runs["teacher/summary"].data.tags["mlflow.note.content"]
+    assert "DVC experiment `lr-high` (baseline `bbbbbbb`)" in note and "dvc exp apply lr-high" in note
+
+
+def test_experiment_opens_on_its_training_runs(tmp_path, store):
+    from finch.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
+
+    assert EXPERIMENT_KIND == "custom_model_development"  # MLflow 3's "Machine learning" kind: the runs tab
+    tracker = Tracker(store, "test")
+    assert tracker.client.get_experiment(tracker.experiment_id).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+    # an experiment created before Finch set the kind gets it; a kind chosen in the UI is kept
+    old = tracker.client.create_experiment("finch-old")
+    chosen = tracker.client.create_experiment("finch-chosen", tags={EXPERIMENT_KIND_TAG: "genai_development"})
+    Tracker(store, "old")
+    Tracker(store, "chosen")
+    assert tracker.client.get_experiment(old).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+    assert tracker.client.get_experiment(chosen).tags[EXPERIMENT_KIND_TAG] == "genai_development"
+
+
+def test_seed_runs_show_the_prepared_splits_they_saw_as_datasets(tmp_path, store):
+    import json
+
+    fake_record(tmp_path / "runs", 0)
+    sync(find_records(tmp_path / "runs"), store, "test")
+    (run,) = Tracker(store, "test").search()
+    inputs = {
+        d.dataset.name: (d.dataset.digest, json.loads(d.dataset.source), {t.key: t.value for t in d.tags})
+        for d in run.inputs.dataset_inputs
+    }
+    assert inputs == {
+        d["name"]: (d["digest"], {"uri": d["source"]}, {"mlflow.data.context": d["context"]}) for d in DATASETS
+    }
+
+
+def test_task_data_names_its_splits_by_content_hash(toy_task):
+    from dataclasses import replace
+
+    task = replace(toy_task, name="target", content_hash="f" * 64, origin="data/prepared/target.safetensors")
+    inputs = task.dataset_inputs()
+    assert [(d["name"], d["context"]) for d in inputs] == [
+        ("target/train", "training"),
+        ("target/val", "validation"),
+        ("target/test", "testing"),
+    ]
+    assert {d["digest"] for d in inputs} == {"f" * 16} and {d["source"] for d in inputs} == {task.origin}
+
+
+def test_stage_metrics_file_has_each_variants_mean_over_seeds(tmp_path):
+    from finch.io import read_json
+    from finch.runs import write_stage_metrics
+
+    for seed in (0, 1):
+        fake_record(tmp_path / "runs", seed)  # accuracy 0.5 and 0.6
+    out = write_stage_metrics(tmp_path / "runs", "teacher", tmp_path / "metrics" / "train_teacher.json")
+    assert out == {"teacher": {"default": {"accuracy": {"n": 2, "mean": pytest.approx(0.55)}}}}
+    assert read_json(tmp_path / "metrics" / "train_teacher.json") == out
+    empty = write_stage_metrics(tmp_path / "runs", "pretrain", tmp_path / "metrics" / "pretrain.json")
+    assert empty == {}  # pretrain.weights: timm trains nothing; the declared file still exists

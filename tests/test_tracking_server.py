@@ -186,7 +186,7 @@ def test_postgres_backend_store(tmp_path, monkeypatch):
         runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}
         assert sorted(runs) == ["teacher/seed=0", "teacher/seed=1", "teacher/summary"]
         parent = runs["teacher/summary"].info.run_id
-        assert runs["teacher/summary"].data.metrics["accuracy.mean"] == pytest.approx(0.55)
+        assert runs["teacher/summary"].data.metrics["accuracy_mean"] == pytest.approx(0.55)
         for seed in (0, 1):
             r = runs[f"teacher/seed={seed}"]
             assert r.data.metrics["accuracy"] == pytest.approx(0.5 + seed / 10)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from finch.errors import ConfigError
 
@@ -70,16 +70,70 @@ class DataConfig(Strict):
 
 class ModelConfig(Strict):
     name: str = Field("resnet18", description="a timm model name")
-    kwargs: dict[str, Any] = Field(default_factory=dict, description="extra timm.create_model arguments")
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="extra timm.create_model arguments; null = unset (timm's default), which lets a profile "
+        "unset a kwarg it inherits",
+    )
     small_input_stem: bool = Field(False, description="drop the stem's max-pool (for 28-64 px images)")
     drop_rate: float | None = Field(None, ge=0.0, lt=1.0, description="dropout before the classifier; null = timm's")
     drop_path_rate: float | None = Field(None, ge=0.0, lt=1.0, description="stochastic depth; null = timm's")
     attn_drop_rate: float | None = Field(None, ge=0.0, lt=1.0, description="ViT attention dropout; null = timm's")
 
+    @field_validator("kwargs")
+    @classmethod
+    def _drop_unset(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in kwargs.items() if v is not None}
+
     def timm_kwargs(self) -> dict[str, Any]:
         """``kwargs`` plus the regularisation rates that are set."""
         rates = {k: getattr(self, k) for k in ("drop_rate", "drop_path_rate", "attn_drop_rate")}
         return {**self.kwargs, **{k: v for k, v in rates.items() if v is not None}}
+
+    def fitted_to(self, image_size: int, key: str) -> ModelConfig:
+        """This ViT with ``img_size`` and ``patch_size`` filled in where its kwargs leave them unset:
+        ``img_size`` = ``image_size``, ``patch_size`` = :func:`vit_patch_size` of it. ``key`` (e.g.
+        ``student.model``) names the setting in errors: an ``img_size`` the data does not have, or a
+        ``patch_size`` that does not divide it, fails here, before any work."""
+        kwargs = dict(self.kwargs)
+        size = kwargs.setdefault("img_size", image_size)
+        if size != image_size and not kwargs.get("dynamic_img_size"):
+            raise ValueError(
+                f"{key}.kwargs.img_size is {size} but data.image_size is {image_size}: the ViT would reject "
+                f"every image. Set {key}.kwargs.img_size to {image_size} (with a patch_size that divides it), "
+                f"or to null, and it follows data.image_size"
+            )
+        if kwargs.get("patch_size") is None:
+            patch = vit_patch_size(size)
+            if patch is None:
+                raise ValueError(
+                    f"{key}: no patch size from 2 to 16 divides {key}.kwargs.img_size {size} into at least "
+                    f"{MIN_PATCHES_PER_SIDE} patches per side; set {key}.kwargs.patch_size, or use an "
+                    f"image size with such a divisor (data.image_size: 28, 32, 64, 224, ...)"
+                )
+            kwargs["patch_size"] = patch
+        elif not isinstance(kwargs["patch_size"], int) or size % kwargs["patch_size"]:
+            raise ValueError(
+                f"{key}.kwargs.patch_size {kwargs['patch_size']!r} does not divide img_size {size}: the border "
+                f"pixels would be dropped. Set it to a divisor of {size} "
+                f"(e.g. {vit_patch_size(size) or 'another image size'}), or to null and Finch picks one"
+            )
+        return self.model_copy(update={"kwargs": kwargs})
+
+
+# ViT input sizes: see ModelConfig.fitted_to and the README's "Your own dataset".
+MAX_AUTO_PATCH = 16  # the patch of timm's *_patch16_* ViTs
+MIN_PATCHES_PER_SIDE = 4
+
+
+def vit_patch_size(image_size: int) -> int | None:
+    """The patch size Finch picks for a ViT on ``image_size`` px images when none is set: the
+    largest divisor of ``image_size`` up to 16 (timm's ``*_patch16_*``) that leaves at least 4
+    patches per side (28 → 7, 32 → 8, 48 → 12, 64 → 16, 224 → 16); None if no divisor ≥ 2 does."""
+    for patch in range(min(MAX_AUTO_PATCH, image_size // MIN_PATCHES_PER_SIDE), 1, -1):
+        if image_size % patch == 0:
+            return patch
+    return None
 
 
 class OptimizerConfig(Strict):
@@ -174,9 +228,8 @@ class RecipeConfig(Strict):
         return self
 
 
-VIT_BACKBONE = ModelConfig(
-    name="vit_tiny_patch16_224",
-    kwargs={"img_size": 28, "patch_size": 7, "embed_dim": 96, "depth": 4, "num_heads": 3},
+VIT_BACKBONE = ModelConfig(  # img_size and patch_size follow data.image_size (FinchConfig._models_fit_the_data)
+    name="vit_tiny_patch16_224", kwargs={"embed_dim": 96, "depth": 4, "num_heads": 3}
 )
 
 
@@ -214,7 +267,7 @@ STUDENT_VARIANTS: tuple[str, ...] = get_args(StudentVariant)
 class StudentConfig(Strict):
     model: ModelConfig = ModelConfig(
         name="deit_tiny_distilled_patch16_224",
-        kwargs={"img_size": 28, "patch_size": 4, "embed_dim": 96, "depth": 4, "num_heads": 3},
+        kwargs={"embed_dim": 96, "depth": 4, "num_heads": 3},  # img_size, patch_size: from data.image_size
     )
     class_token_model: str = Field(
         "vit_tiny_patch16_224", description="timm ViT without a distillation token (class_token variant)"
@@ -402,6 +455,11 @@ class ConvergenceConfig(Strict):
     factor: float = Field(2.0, gt=1.0, description="the longer schedule: epochs x this (warm-up and decay stretched)")
 
 
+# The ViTs whose img_size / patch_size follow data.image_size unless their kwargs set them
+# (student.model's kwargs also build the class_token variant's plain ViT).
+VIT_SLOTS = ("pretrain.vit_model", "student.model")
+
+
 class FinchConfig(Strict):
     profile: str = "default"
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4], min_length=1)
@@ -447,6 +505,31 @@ class FinchConfig(Strict):
                     f"{where}.kfold.k is {recipe.kfold.k}: a k-fold run is an ensemble of k models per seed, "
                     "and a later stage loads this run's weights as one model; set k to 0 here and try k-fold "
                     "as an ablation variant (ablation.variants, e.g. kfold_5)"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _models_fit_the_data(self) -> FinchConfig:
+        """Every model takes the data's channels (``in_chans`` = data.channels, passed by Finch),
+        and the ViTs (:data:`VIT_SLOTS`) its image size: unset ``img_size`` / ``patch_size`` are
+        filled in from data.image_size (:meth:`ModelConfig.fitted_to`), a mismatch fails here."""
+        for key in ("pretrain.model", "pretrain.vit_model", "teacher.model", "student.model"):
+            section, slot = key.split(".")
+            model: ModelConfig = getattr(getattr(self, section), slot)
+            owned = sorted({"in_chans", "num_classes"} & set(model.kwargs))
+            if owned:
+                raise ValueError(
+                    f"{key}.kwargs sets {', '.join(owned)}; Finch passes them (data.channels, the task's "
+                    f"classes): remove {' and '.join(owned)} from {key}.kwargs"
+                )
+            if key in VIT_SLOTS:
+                fitted = model.fitted_to(self.data.image_size, key)
+                # frozen: the validated config is rebuilt section by section, never mutated in place
+                object.__setattr__(self, section, getattr(self, section).model_copy(update={slot: fitted}))
+            elif model.kwargs.get("img_size", self.data.image_size) != self.data.image_size:
+                raise ValueError(
+                    f"{key}.kwargs.img_size is {model.kwargs['img_size']} but data.image_size is "
+                    f"{self.data.image_size}; set it to {self.data.image_size}, or remove it"
                 )
         return self
 

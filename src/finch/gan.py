@@ -340,7 +340,11 @@ def set_quality(real: torch.Tensor, fake: torch.Tensor, k: int, seed: int) -> di
     ref_a, ref_b = real[order[:m]], real[order[m : 2 * m]]
 
     def measures(a: torch.Tensor, b: torch.Tensor) -> dict:
-        precision, recall = precision_recall(a, b, k)
+        if min(len(a), len(b)) <= k:  # k-NN radii need more than k images a side (a small dataset of one's own)
+            log.warning("%d images a side, too few for k-NN precision/recall with k=%d; left empty", len(a), k)
+            precision, recall = None, None
+        else:
+            precision, recall = precision_recall(a, b, k)
         return {"n": len(a), **fid_kid(a, b, seed), "precision": precision, "recall": recall}
 
     return {**measures(real_n, fake_n), "reference": measures(ref_a, ref_b)}

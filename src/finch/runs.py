@@ -66,14 +66,26 @@ def git_commit() -> str:
         return "unknown"
 
 
+# What DVC tells a stage command run by `dvc exp run` (dvc/repo/experiments/queue/base.py puts
+# them in every experiment's run environment, workspace and queue alike; plain `dvc repro` does not).
+DVC_EXPERIMENT_ENV = {"dvc.exp_name": "DVC_EXP_NAME", "dvc.exp_baseline_rev": "DVC_EXP_BASELINE_REV"}
+
+
+def dvc_experiment_tags() -> dict[str, str]:
+    """``dvc.exp_name`` and ``dvc.exp_baseline_rev`` under ``dvc exp run``; empty otherwise."""
+    return {tag: os.environ[var] for tag, var in DVC_EXPERIMENT_ENV.items() if os.environ.get(var)}
+
+
 def run_tags(stage: str, variant: str, profile: str, **extra: str) -> dict[str, str]:
-    """The tags every Finch run carries in MLflow (seed runs, summaries, the explain run)."""
+    """The tags every Finch run carries in MLflow (seed runs, summaries, the explain run);
+    under ``dvc exp run`` also the DVC experiment's name and baseline revision."""
     return {
         "finch.stage": stage,
         "finch.variant": variant,
         "finch.profile": profile,
         "finch.dvc_stage": os.environ.get("DVC_STAGE", "(run outside dvc)"),
         "finch.git_commit": git_commit(),
+        **dvc_experiment_tags(),
         **extra,
     }
 
@@ -103,6 +115,7 @@ class RunRecord(BaseModel):
     artifacts: dict[str, str] = Field(default_factory=dict)  # MLflow folder name → local path
     kfold: dict[str, Any] | None = None
     warnings: list[str] = Field(default_factory=list)
+    datasets: list[dict[str, str]] = Field(default_factory=list)  # MLflow dataset inputs (TaskData.dataset_inputs)
     # not in record.json: the per-epoch history lives in history.csv, the folder is where it was read
     history: list[dict[str, float]] = Field(default_factory=list, exclude=True)
     path: Path | None = Field(default=None, exclude=True)
@@ -189,7 +202,36 @@ def read_record(folder: Path) -> RunRecord:
     return record
 
 
-def find_records(runs_root: Path | str) -> list[RunRecord]:
-    """Every run record under ``runs_root``, in a stable order."""
+def find_records(runs_root: Path | str, stage: str = "*") -> list[RunRecord]:
+    """Every run record under ``runs_root`` (of one ``stage``, or all), in a stable order."""
     root = Path(runs_root)
-    return [read_record(p.parent) for p in sorted(root.glob(f"*/*/seed=*/{RECORD}"))]
+    return [read_record(p.parent) for p in sorted(root.glob(f"{stage}/*/seed=*/{RECORD}"))]
+
+
+# The per-stage metrics file (reports/metrics/<dvc stage>.json): a few means per variant, so that
+# `dvc exp show` compares any experiment, also one that re-ran a single training stage.
+STAGE_METRICS = {
+    RunKind.CLASSIFIER: ("accuracy", "f1_macro", "auroc_macro", "ece"),
+    RunKind.GAN: ("final_d_loss", "final_g_loss"),
+}
+
+
+def stage_metrics(records: list[RunRecord]) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
+    """stage → variant → metric → ``{"n": seeds, "mean": mean over them}`` for the metrics of
+    :data:`STAGE_METRICS` (summary.json's shape, which the aggregate writes with intervals)."""
+    values: dict[tuple[str, str, str], list[float]] = {}
+    for rec in records:
+        for metric in STAGE_METRICS[rec.kind]:
+            if metric in rec.metrics:
+                values.setdefault((rec.stage, rec.variant, metric), []).append(float(rec.metrics[metric]))
+    out: dict = {}
+    for (stage, variant, metric), vals in values.items():
+        out.setdefault(stage, {}).setdefault(variant, {})[metric] = {"n": len(vals), "mean": sum(vals) / len(vals)}
+    return out
+
+
+def write_stage_metrics(runs_root: Path, stage: str, dest: Path) -> dict:
+    """Write ``dest`` from the run records of ``stage`` under ``runs_root``; return what was written."""
+    metrics = stage_metrics(find_records(runs_root, stage))
+    write_json(dest, metrics)
+    return metrics

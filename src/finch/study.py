@@ -140,6 +140,7 @@ def train_run(
         weights=str(weights),
         kfold=kfold,
         history=result.history,
+        datasets=data.dataset_inputs(),
     )
     folder = record.write(runs_root)
     log.info("%s: test accuracy %.4f (best epoch %s)", name, metrics["accuracy"], result.best_epoch or "per fold")

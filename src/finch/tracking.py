@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import re
@@ -20,11 +21,19 @@ from pathlib import Path
 
 from finch.config import TrackingConfig, flatten
 from finch.io import shared_root
-from finch.runs import RunRecord, read_record, run_tags
+from finch.runs import DVC_EXPERIMENT_ENV, RunRecord, read_record, run_tags
 
 log = logging.getLogger(__name__)
 KEY_TAG = "finch.run_key"
 PARENT_TAG = "mlflow.parentRunId"
+NOTE_TAG = "mlflow.note.content"  # a run's description in the UI
+# MLflow 3's UI opens an experiment by its kind: "genai_development" on the GenAI overview/traces,
+# "custom_model_development" ("Machine learning") on the runs table; unset, it asks (mlflow/server/js
+# build: ExperimentKind enum and the experiment page's landing-tab effect).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+# what a summary run logs per headline metric: the mean over seeds and its Student-t interval
+SUMMARY_STATS = {"mean": "mean", "t_low": "ci_low", "t_high": "ci_high"}
 
 
 def tracking_uri(cfg: TrackingConfig, root: Path | None = None) -> str:
@@ -62,14 +71,18 @@ class Tracker:
                 self.experiment_id = self._create_experiment(name, artifacts)
             else:
                 self.experiment_id = exp.experiment_id
+                if EXPERIMENT_KIND_TAG not in exp.tags:  # created before Finch set it; a kind chosen in the UI stays
+                    self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
 
     def _create_experiment(self, name: str, artifacts: str | None) -> str:
-        """Create experiment ``name``, or take the one another process created meanwhile
-        (parallel ``dvc queue`` workers logging to one tracking server)."""
+        """Create experiment ``name`` (opening on its training runs in the UI), or take the one
+        another process created meanwhile (parallel ``dvc queue`` workers logging to one server)."""
         from mlflow.exceptions import MlflowException
 
         try:
-            return self.client.create_experiment(name, artifact_location=artifacts)
+            return self.client.create_experiment(
+                name, artifact_location=artifacts, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+            )
         except MlflowException:
             exp = self.client.get_experiment_by_name(name)
             if exp is None:
@@ -131,6 +144,8 @@ class Tracker:
                 metrics.append(Metric("best_epoch", float(rec.best_epoch), now, 0))
             params = [Param(k, str(v)[:6000]) for k, v in flatten(rec.params).items()]
             _log_batches(self.client, run_id, metrics, params)
+            if rec.datasets:  # the runs table's Dataset column: which prepared splits the run saw
+                self.client.log_inputs(run_id, datasets=[_dataset_input(d) for d in rec.datasets])
             for name, folder in rec.artifacts.items():  # e.g. the GAN's per-epoch sample grids
                 if Path(folder).is_dir():
                     self.client.log_artifacts(run_id, folder, name)
@@ -154,10 +169,14 @@ class Tracker:
         member_keys: list[str],
         present: dict,
         figures: list[Path] = (),
+        experiment: dict[str, str] | None = None,
     ) -> bool:
-        """One summary run per (stage, variant): mean, std and interval bounds as metrics, and the
-        variant's figures (rendered by the report layer); the seed runs become its children
-        (``mlflow.parentRunId``), so the UI nests them.
+        """One summary run per (stage, variant): for each metric of ``summary_rows`` (the aggregate
+        passes the headline metrics) ``<metric>_mean``, ``<metric>_ci_low`` and ``<metric>_ci_high``
+        (the Student-t interval of the mean over seeds), and the variant's figures (rendered by the
+        report layer); the seed runs become its children (``mlflow.parentRunId``), so the UI nests
+        them. ``experiment``: the DVC experiment tags its seed runs share (:func:`shared_experiment`),
+        also written into its description.
 
         ``present``: run key → run, from :meth:`logged_runs`. Returns whether a summary was created.
         """
@@ -169,18 +188,20 @@ class Tracker:
         created = key not in present
         if created:
             name = stage if variant == "default" else f"{stage}/{variant}"
-            tags = run_tags(
-                stage, variant, self.profile, **{"finch.kind": "summary", "finch.seeds": str(len(member_keys))}
-            )
+            extra = {"finch.kind": "summary", "finch.seeds": str(len(member_keys)), **(experiment or {})}
+            tags = run_tags(stage, variant, self.profile, **extra)
+            note = experiment_note(tags)
+            if note:
+                tags[NOTE_TAG] = note
             run = self.client.create_run(self.experiment_id, run_name=f"{name}/summary", tags=tags)
             parent_id = run.info.run_id
             now = int(time.time() * 1000)
             metrics = []
             for r in summary_rows:
-                for stat in ("mean", "std", "t_low", "t_high", "boot_low", "boot_high"):
+                for stat, suffix in SUMMARY_STATS.items():
                     value = r[stat]
-                    if value == value:  # skip NaN
-                        metrics.append(Metric(f"{r['metric']}.{stat}", float(value), now, 0))
+                    if value == value:  # skip NaN (one seed: no interval)
+                        metrics.append(Metric(f"{r['metric']}_{suffix}", float(value), now, 0))
             _log_batches(self.client, parent_id, metrics, [])
             for figure in figures:
                 if Path(figure).is_file():
@@ -194,6 +215,41 @@ class Tracker:
             if child is not None and child.data.tags.get(PARENT_TAG) != parent_id:
                 self.client.set_tag(child.info.run_id, PARENT_TAG, parent_id)
         return created
+
+
+def _dataset_input(dataset: dict[str, str]):
+    """A record's dataset (:meth:`finch.data.splits.TaskData.dataset_inputs`) as MLflow's input."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    source = json.dumps({"uri": dataset["source"]})  # MLflow's "local" dataset source
+    return DatasetInput(
+        Dataset(name=dataset["name"], digest=dataset["digest"], source_type="local", source=source),
+        tags=[InputTag(MLFLOW_DATASET_CONTEXT, dataset["context"])],
+    )
+
+
+def shared_experiment(records: list[RunRecord]) -> dict[str, str]:
+    """The DVC experiment tags of ``records`` (a summary's seed runs): each tag's values,
+    ", "-joined where the runs came from different experiments."""
+    out = {}
+    for tag in DVC_EXPERIMENT_ENV:
+        values = sorted({rec.tags[tag] for rec in records if tag in rec.tags})
+        if values:
+            out[tag] = ", ".join(values)
+    return out
+
+
+def experiment_note(tags: dict[str, str]) -> str:
+    """A run description naming its DVC experiment and how to reach it; empty outside one."""
+    name = tags.get("dvc.exp_name")
+    if not name:
+        return ""
+    baseline = tags.get("dvc.exp_baseline_rev", "?")
+    return (
+        f"DVC experiment `{name}` (baseline `{baseline[:7]}`): `dvc exp show` compares it with the others, "
+        f"`dvc exp apply {name.split(', ')[0]}` restores its workspace."
+    )
 
 
 @contextlib.contextmanager
@@ -244,8 +300,17 @@ def sync(
         tracker.log_record(rec)
     if summaries and missing:  # the summaries adopt the runs just logged
         present = tracker.logged_runs()
+    by_key = {rec.key: rec for rec in records}
     n_summaries = sum(
-        tracker.log_summary(s["stage"], s["variant"], s["rows"], s["member_keys"], present, s.get("figures", []))
+        tracker.log_summary(
+            s["stage"],
+            s["variant"],
+            s["rows"],
+            s["member_keys"],
+            present,
+            s.get("figures", []),
+            experiment=shared_experiment([by_key[k] for k in s["member_keys"] if k in by_key]),
+        )
         for s in summaries or []
     )
     return {"logged": len(missing), "already_present": len(records) - len(missing), "summaries": n_summaries}

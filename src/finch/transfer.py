@@ -48,8 +48,8 @@ def extract_features(extractor: nn.Module, data: TaskData, device, batch_size: i
     return out
 
 
-def feature_task(features: dict[str, torch.Tensor], data: TaskData, content_hash: str) -> TaskData:
-    """The target task as cached feature vectors (for the probes)."""
+def feature_task(features: dict[str, torch.Tensor], data: TaskData, content_hash: str, origin: str = "") -> TaskData:
+    """The target task as cached feature vectors (for the probes); ``origin``: the cache's file."""
     splits = {s: Split(features[f"{s}_x"], features[f"{s}_y"]) for s in ("train", "val", "test")}
     return TaskData(
         name=f"{data.name}-features",
@@ -58,6 +58,7 @@ def feature_task(features: dict[str, torch.Tensor], data: TaskData, content_hash
         std=(),
         content_hash=content_hash,
         kind="features",
+        origin=origin,
         **splits,
     )
 

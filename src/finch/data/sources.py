@@ -61,22 +61,32 @@ def load_image(path: Path, size: int, channels: int) -> np.ndarray:
     return arr[None] if channels == 1 else arr.transpose(2, 0, 1).copy()
 
 
-def load_images(
-    paths: list[Path], size: int, channels: int, on_bad_image: str
-) -> tuple[np.ndarray, list[int], list[str]]:
-    """Load many files; return (images, indices kept, skipped file names)."""
-    images, kept, skipped = [], [], []
+def load_images(paths: list[Path], size: int, channels: int) -> tuple[np.ndarray, list[int], dict[str, str]]:
+    """Load many files; return (images, indices kept, unreadable file → why). Every file is
+    tried, so a folder with several bad images is reported whole, not one file per attempt."""
+    images, kept, bad = [], [], {}
     for i, path in enumerate(paths):
         try:
             images.append(load_image(path, size, channels))
             kept.append(i)
-        except DataError:
-            if on_bad_image == "fail":
-                raise
-            log.warning("skipping unreadable image %s (data.on_bad_image=skip)", path)
-            skipped.append(str(path))
+        except DataError as err:
+            bad[str(path)] = str(err)
     stacked = np.stack(images) if images else np.zeros((0, channels, size, size), np.uint8)
-    return stacked, kept, skipped
+    return stacked, kept, bad
+
+
+def handle_bad_images(bad: dict[str, str], on_bad_image: str) -> list[str]:
+    """Fail naming every unreadable image (``data.on_bad_image: fail``), or warn and return them
+    as the skipped files (``skip``)."""
+    if bad and on_bad_image == "fail":
+        listed = "\n".join(f"  - {why}" for why in bad.values())
+        raise DataError(
+            f"{len(bad)} unreadable or corrupt image(s); replace or delete them, or set "
+            f"data.on_bad_image: skip (skipped files are listed in the dataset card):\n{listed}"
+        )
+    for path in bad:
+        log.warning("skipping unreadable image %s (data.on_bad_image=skip)", path)
+    return list(bad)
 
 
 def resize_array(x: np.ndarray, size: int, channels: int) -> np.ndarray:
@@ -228,15 +238,16 @@ def read_image_folder(cfg: DataConfig) -> RawData:
 
 
 def _load_trees(cfg, classes, train_tree, test_tree, origin) -> RawData:
-    parts, skipped = {}, []
+    parts, bad = {}, {}
     for split, tree in (("train", train_tree), ("test", test_tree)):
         paths, labels = [], []
         for label, name in enumerate(classes):
             paths += tree[name]
             labels += [label] * len(tree[name])
-        x, kept, bad = load_images(paths, cfg.image_size, cfg.channels, cfg.on_bad_image)
-        skipped += bad
+        x, kept, unreadable = load_images(paths, cfg.image_size, cfg.channels)
+        bad.update(unreadable)
         parts[split] = (x, np.asarray(labels, np.int64)[kept], [str(paths[i]) for i in kept])
+    skipped = handle_bad_images(bad, cfg.on_bad_image)  # both splits read: every bad file in one error
     return RawData(
         class_names=classes,
         train_x=parts["train"][0],

@@ -35,6 +35,7 @@ class TaskData:
     std: tuple[float, ...]
     content_hash: str
     kind: str = "images"  # "images" (uint8, normalised per batch) or "features" (float vectors)
+    origin: str = ""  # the file it was read from (data/prepared/target.safetensors, a feature cache)
 
     @property
     def num_classes(self) -> int:
@@ -51,6 +52,20 @@ class TaskData:
     @property
     def image_size(self) -> int:
         return int(self.train.x.shape[-1])
+
+    def dataset_inputs(self, splits: tuple[str, ...] = ("train", "val", "test")) -> list[dict[str, str]]:
+        """What a run trained, selected and tested on, as MLflow dataset inputs (``name``,
+        ``digest`` = the first 16 characters of the content hash, ``source``, ``context``)."""
+        context = {"train": "training", "val": "validation", "test": "testing"}
+        return [
+            {
+                "name": f"{self.name}/{split}",
+                "digest": self.content_hash[:16],
+                "source": self.origin or self.name,
+                "context": context[split],
+            }
+            for split in splits
+        ]
 
     def to_inputs(self, x: torch.Tensor, device: torch.device) -> torch.Tensor:
         """A raw batch of this task → model inputs: standardised images, or float features."""
@@ -86,5 +101,6 @@ def load_task(prepared_dir: Path | str, task: str = "target") -> TaskData:
         mean=tuple(card["mean"]),
         std=tuple(card["std"]),
         content_hash=task_card["content_hash"],
+        origin=str(prepared_dir / f"{task}.safetensors"),
         **splits,
     )

@@ -7,7 +7,7 @@ Each variant is the teacher's model and recipe with a few overrides from
 from __future__ import annotations
 
 from finch.config import FinchConfig
-from finch.pipeline.common import MODELS, PREPARED, log
+from finch.pipeline.common import METRICS, MODELS, PREPARED, log
 
 
 def plan(cfg: FinchConfig, device) -> list:
@@ -39,4 +39,4 @@ def train_ablation(cfg: FinchConfig) -> None:
             cfg.ablation.base,
             cfg.ablation.variants[name],
         )
-    run_training_stage(plan, cfg)
+    run_training_stage(plan, cfg, "ablation", METRICS / "ablation.json")

@@ -56,8 +56,9 @@ def sync_mlflow(cfg: FinchConfig, records=None, summary=None) -> None:
     from finch.report.figures import variant_figures
 
     summaries = []
-    if summary is not None:
-        for (stage, variant), rows in summary.groupby(["stage", "variant"]):
+    if summary is not None:  # summary runs carry the headline metrics only: few, named columns in the UI
+        headline = summary[summary["metric"].isin(cfg.aggregate.headline_metrics)]
+        for (stage, variant), rows in headline.groupby(["stage", "variant"]):
             keys = [r.key for r in records if r.stage == stage and r.variant == variant]
             if not keys:  # the floors: no training run to summarise
                 continue

@@ -11,7 +11,7 @@ pretrained on real images would carry real-image knowledge into it. Its referenc
 from __future__ import annotations
 
 from finch.config import FinchConfig
-from finch.pipeline.common import BACKBONE, MODELS, PREPARED, file_hash
+from finch.pipeline.common import BACKBONE, METRICS, MODELS, PREPARED, file_hash
 from finch.pipeline.gan import SYNTHETIC
 
 
@@ -93,4 +93,4 @@ def plan(cfg: FinchConfig, device) -> list:
 def train_augmented(cfg: FinchConfig) -> None:
     from finch.pipeline.common import run_training_stage
 
-    run_training_stage(plan, cfg)
+    run_training_stage(plan, cfg, "augmented", METRICS / "train_augmented.json")

@@ -24,6 +24,7 @@ FEATURES = Path("data/features")
 MODELS = Path("models")
 RUNS = Path("reports/runs")
 REPORTS = Path("reports")
+METRICS = REPORTS / "metrics"  # <dvc stage>.json: each training stage's means per variant (dvc.yaml `metrics:`)
 BACKBONE = MODELS / "pretrain" / "backbone.safetensors"
 VIT_BACKBONE = MODELS / "pretrain" / "vit_backbone.safetensors"
 
@@ -44,11 +45,14 @@ def file_hash(path: Path) -> str:
     return h.hexdigest()
 
 
-def run_training_stage(plan, cfg: FinchConfig) -> list[Path]:
+def run_training_stage(plan, cfg: FinchConfig, stage: str, metrics_file: Path) -> list[Path]:
     """A training stage's whole work: its plan's runs (over ``runtime.workers`` processes, see
-    :mod:`finch.runner`), then one MLflow upload of their records; both timed for the stage's
-    timing file."""
+    :mod:`finch.runner`), one MLflow upload of their records (both timed for the stage's timing
+    file), and the stage's metrics file (``dvc exp show``): means per variant of the records of
+    ``stage``."""
+    from finch.distributed import is_main
     from finch.runner import train_plan, worker_count
+    from finch.runs import write_stage_metrics
     from finch.tracking import log_runs_safely
     from finch.train.runtime import configure
 
@@ -58,6 +62,8 @@ def run_training_stage(plan, cfg: FinchConfig) -> list[Path]:
     log_runs_safely(folders, cfg.tracking, cfg.profile)
     STAGE_TIMING["logging_s"] = STAGE_TIMING.get("logging_s", 0.0) + time.perf_counter() - started
     STAGE_TIMING["workers"] = worker_count(cfg, max(1, len(folders)))
+    if is_main():
+        write_stage_metrics(RUNS, stage, metrics_file)
     return folders
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from finch.config import FinchConfig
-from finch.pipeline.common import BACKBONE, FEATURES, MODELS, PREPARED, VIT_BACKBONE, file_hash, probe_weights
+from finch.pipeline.common import BACKBONE, FEATURES, METRICS, MODELS, PREPARED, VIT_BACKBONE, file_hash, probe_weights
 
 
 def plan(cfg: FinchConfig, device) -> list:
@@ -62,4 +62,4 @@ def finetune(cfg: FinchConfig) -> None:
     """Every freezing strategy over every seed (probes on the cached features)."""
     from finch.pipeline.common import run_training_stage
 
-    run_training_stage(plan, cfg)
+    run_training_stage(plan, cfg, "finetune", METRICS / "finetune.json")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from finch.config import FinchConfig
-from finch.pipeline.common import BACKBONE, MODELS, PREPARED, REPORTS, RUNS, log
+from finch.pipeline.common import BACKBONE, METRICS, MODELS, PREPARED, REPORTS, RUNS, log
 
 GAN_DIR = MODELS / "gan"
 SYNTHETIC = "data/synthetic"
@@ -16,7 +16,7 @@ def train_gan(cfg: FinchConfig) -> None:
     from finch.data.splits import load_task
     from finch.gan import train_gan as train
     from finch.io import save_tensors
-    from finch.runs import RunKind, RunRecord
+    from finch.runs import RunKind, RunRecord, write_stage_metrics
     from finch.tracking import log_runs_safely
     from finch.train.runtime import configure
 
@@ -52,6 +52,7 @@ def train_gan(cfg: FinchConfig) -> None:
     )
     folder = record.write(RUNS)
     log_runs_safely([folder], cfg.tracking, cfg.profile)
+    write_stage_metrics(RUNS, "gan", METRICS / "train_gan.json")
 
 
 def generate(cfg: FinchConfig) -> None:

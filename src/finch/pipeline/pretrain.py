@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from finch.config import FinchConfig
 from finch.errors import ConfigError
-from finch.pipeline.common import BACKBONE, MODELS, PREPARED, RUNS, VIT_BACKBONE
+from finch.pipeline.common import BACKBONE, METRICS, MODELS, PREPARED, RUNS, VIT_BACKBONE
 
 
 def pretrain(cfg: FinchConfig) -> None:
@@ -29,8 +29,11 @@ def pretrain(cfg: FinchConfig) -> None:
             save_backbone(model, path, {"origin": f"timm:{model_cfg.name}"})
         # no training run to record; the declared output folder says where the weights came from
         write_json(RUNS / "pretrain" / "origin.json", {"weights": [f"timm:{b[1].name}" for b in backbones(cfg)]})
+        from finch.runs import write_stage_metrics
+
+        write_stage_metrics(RUNS, "pretrain", METRICS / "pretrain.json")  # no runs: empty, but declared
         return
-    run_training_stage(plan, cfg)
+    run_training_stage(plan, cfg, "pretrain", METRICS / "pretrain.json")
     if not is_main():
         return
     source = load_task(PREPARED, "source")

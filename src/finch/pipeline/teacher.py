@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from finch.config import FinchConfig, ModelConfig, RecipeConfig
-from finch.pipeline.common import BACKBONE, MODELS, PREPARED, file_hash
+from finch.pipeline.common import BACKBONE, METRICS, MODELS, PREPARED, file_hash
 
 
 def backbone_cnn_variant(stage: str, name: str, model_cfg: ModelConfig, recipe: RecipeConfig, data):
@@ -40,4 +40,4 @@ def train_teacher(cfg: FinchConfig) -> None:
     """Fine-tune the CNN teacher from the pretrained backbone, once per seed."""
     from finch.pipeline.common import run_training_stage
 
-    run_training_stage(plan, cfg)
+    run_training_stage(plan, cfg, "teacher", METRICS / "train_teacher.json")

@@ -1,0 +1,80 @@
+"""The README's "Your own dataset", end to end: its profile block, at smoke size, on a generated
+RGB ImageFolder of 32 px images (not Fashion-MNIST's 28), through `finch check` and `dvc repro`."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from finch.config import STUDENT_VARIANTS
+from finch.runs import find_records
+
+from .conftest import REPO
+from .servers import make_smoke_repo, run, smoke_env
+
+pytestmark = pytest.mark.slow
+IMAGES_PER_CLASS = 12  # 2 test, 2 validation, 8 training images per class
+
+
+def readme_profile() -> dict:
+    """The profile block of the README's "Your own dataset" section."""
+    section = (REPO / "README.md").read_text().split("## Your own dataset", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```yaml\n(# profiles/mine\.yaml.*?)```", section, re.S)
+    assert block, "README's 'Your own dataset' lacks its profiles/mine.yaml block"
+    return yaml.safe_load(block.group(1))
+
+
+def make_rgb_folder(root: Path, classes: list[str], size: int) -> None:
+    """``root/<class>/<n>.png``: RGB images, a colour per class plus noise, at and around ``size``."""
+    rng = np.random.default_rng(0)
+    for ci, name in enumerate(classes):
+        colour = np.array([60 + 50 * ci, 200 - 40 * ci, 40 + 60 * (ci % 2)])
+        for i in range(IMAGES_PER_CLASS):
+            h, w = size + 4 * (i % 3), size + 2 * (i % 2)  # not all square, not all at the size
+            pixels = np.clip(colour + rng.normal(0, 40, (h, w, 3)), 0, 255).astype(np.uint8)
+            (root / name).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels, "RGB").save(root / name / f"{i}.png")
+
+
+@pytest.fixture(scope="module")
+def own_repo(tmp_path_factory):
+    repo = tmp_path_factory.mktemp("own-dataset")
+    env = smoke_env()
+    make_smoke_repo(repo, env)
+    profile = readme_profile()
+    assert profile["extends"] == "default" and profile["data"]["image_size"] != 28
+    profile["extends"] = "smoke"  # the README's profile at the smoke profile's sizes
+    classes = profile["data"]["target_classes"] + profile["data"]["source_classes"]
+    make_rgb_folder(repo / profile["data"]["root"], classes, profile["data"]["image_size"])
+    (repo / "profiles" / "mine.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
+    run([sys.executable, "-m", "finch.cli", "profile", "mine"], repo, env)
+    check = run([sys.executable, "-m", "finch.cli", "check"], repo, env)
+    run(["dvc", "repro"], repo, env)
+    return repo, env, profile, check.stdout
+
+
+def test_check_passes_and_every_stage_runs_on_32px_rgb(own_repo):
+    repo, _, profile, checked = own_repo
+    assert "params.yaml: OK" in checked
+    card = json.loads((repo / "data/prepared/card.json").read_text())
+    size = profile["data"]["image_size"]
+    assert (card["image_size"], card["channels"]) == (size, 3)
+    assert card["target"]["classes"] == profile["data"]["target_classes"]
+    records = find_records(repo / "reports/runs")
+    students = sorted((r.variant, r.seed) for r in records if r.stage == "student")
+    assert students == sorted((v, s) for v in STUDENT_VARIANTS for s in (0, 1))
+    vit_runs = [r for r in records if r.variant == "vit_source" or r.stage == "student"]
+    assert len(vit_runs) == 1 + 2 * len(STUDENT_VARIANTS)
+    for rec in vit_runs:  # the ViTs took the data's size, with the patch the README's rule picks
+        prefix = "student.model" if rec.stage == "student" else "model"
+        sizes = (rec.params[f"{prefix}.kwargs.img_size"], rec.params[f"{prefix}.kwargs.patch_size"])
+        assert sizes == (size, 8), rec.run_name
+    assert {r.variant for r in records if r.stage == "finetune"} >= {"vit_full", "vit_lora", "vit_linear_probe"}
+    assert (repo / "reports/results.md").is_file() and (repo / "reports/explanations.png").is_file()
