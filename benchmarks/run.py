@@ -13,15 +13,23 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import augmentation  # noqa: E402
 import engine_vs_bare  # noqa: E402
+import parallel_runs  # noqa: E402
 import probe_vs_frozen  # noqa: E402
 import startup  # noqa: E402
+import study_time  # noqa: E402
 import torch  # noqa: E402
 
 from finch.io import write_text  # noqa: E402
 
 
 def main() -> None:
-    results = [engine_vs_bare.measure(), augmentation.measure(), probe_vs_frozen.measure(), startup.measure()]
+    results = [
+        engine_vs_bare.measure(),
+        augmentation.measure(),
+        probe_vs_frozen.measure(),
+        parallel_runs.measure(),
+        startup.measure(),
+    ]
     lines = [
         "# Benchmarks",
         "",
@@ -36,7 +44,21 @@ def main() -> None:
         lines.append(
             f"| {r['name']} | {r['ratio']:.3f} | {r['target']} | {'yes' if r['ok'] else 'NO'} | {r['detail']} |"
         )
-    lines.append("")
+    stage_rows, total = study_time.stage_table()
+    lines += [
+        "",
+        "## The last cold default study, per stage",
+        "",
+        "From `dvc repro --force` of the default profile (reports/timing and the run records; see",
+        "`benchmarks/study_time.py`). Run-seconds are summed over runs, which overlap when a stage",
+        f"has several workers. Total wall time of the stages: {total:.0f} s ({total / 60:.1f} min).",
+        "",
+        *stage_rows,
+        "",
+        "No GPU was available to the session that wrote this; the GPU benchmarks of the cub200 /",
+        "fmnist_gpu profiles are not in it.",
+        "",
+    ]
     write_text("reports/benchmarks.md", "\n".join(lines))
     print("\n".join(lines))
 

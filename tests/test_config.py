@@ -16,7 +16,7 @@ def default_raw() -> dict:
 
 
 def test_every_profile_validates():
-    for name in ("default", "smoke", "cub200"):
+    for name in ("default", "smoke", "cub200", "fmnist_gpu"):
         raw, _ = render_profile(name, REPO / "profiles")
         cfg = parse_params(raw)
         assert cfg.profile == name

@@ -7,7 +7,7 @@ Each variant is the teacher's model and recipe with a few overrides from
 from __future__ import annotations
 
 from finch.config import FinchConfig
-from finch.pipeline.common import METRICS, MODELS, PREPARED, log
+from finch.pipeline.common import METRICS, MODELS, PREPARED, RUNS, log
 
 
 def plan(cfg: FinchConfig, device) -> list:
@@ -39,4 +39,7 @@ def train_ablation(cfg: FinchConfig) -> None:
             cfg.ablation.base,
             cfg.ablation.variants[name],
         )
+    # the declared outputs exist even when ablation.run is empty (the default study trains none)
+    (MODELS / "ablation").mkdir(parents=True, exist_ok=True)
+    (RUNS / "ablation").mkdir(parents=True, exist_ok=True)
     run_training_stage(plan, cfg, "ablation", METRICS / "ablation.json")

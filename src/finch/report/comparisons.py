@@ -155,6 +155,8 @@ class Comparison:
     curves: dict[str, pd.DataFrame]
     pareto: pd.DataFrame | None = None
     convergence: pd.DataFrame = field(default_factory=pd.DataFrame)  # tables.convergence_table rows
+    below_floors: list[str] = field(default_factory=list)  # variants whose mean is under the highest floor
+    highest_floor: float = float("nan")
 
     @property
     def still_improving(self) -> list[str]:
@@ -232,9 +234,10 @@ def compare_variants(
     references += [(b, f"*{b} (reference)*") for b in baselines if "/" in b]
     rows += [_variant_row(summary, *ref.split("/", 1), label, columns) for ref, label in references]
     # the floors: what raw pixels alone get (no representation learning), one fit each
-    rows += [
-        _variant_row(summary, "floors", name, f"*floor: {label}*", columns) for name, label in (floors or {}).items()
-    ]
+    floor_rows = [_variant_row(summary, "floors", n, f"*floor: {lbl}*", columns) for n, lbl in (floors or {}).items()]
+    rows += floor_rows
+    highest_floor = max((r["mean"] for r in floor_rows), default=float("nan"))
+    below = [v for v, r in zip(order, rows, strict=False) if r["mean"] < highest_floor]  # the study's own variants
     accuracy = family[family.metric == "accuracy"] if not family.empty else family
     paired = pd.DataFrame(
         [
@@ -262,4 +265,6 @@ def compare_variants(
         curves={v: mean_curve(variants[v]) for v in order},
         pareto=pareto,
         convergence=convergence if convergence is not None else pd.DataFrame(),
+        below_floors=below,
+        highest_floor=highest_floor,
     )
