@@ -57,8 +57,10 @@ def floor_metrics(data: TaskData, ece_bins: int = 15) -> dict[str, dict]:
     out = {}
     with threadpool_limits(limits=1):
         for floor in FLOORS:
-            val_acc = {v: float(floor.build(v).fit(x_train, y_train).score(x_val, y_val)) for v in floor.grid}
-            best = max(floor.grid, key=lambda v: (val_acc[v], -floor.grid.index(v)))  # ties: the first
+            # k-NN cannot ask for more neighbours than there are training images (a small dataset)
+            grid = [v for v in floor.grid if floor.param != "k" or v <= len(y_train)] or [1]
+            val_acc = {v: float(floor.build(v).fit(x_train, y_train).score(x_val, y_val)) for v in grid}
+            best = max(grid, key=lambda v: (val_acc[v], -grid.index(v)))  # ties: the first
             model = floor.build(best).fit(x_train, y_train)
             metrics, _ = classification_metrics(y_test, model.predict_proba(x_test), data.class_names, ece_bins)
             out[floor.name] = {
