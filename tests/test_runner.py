@@ -63,14 +63,14 @@ def test_same_numbers_with_one_or_two_workers(tmp_path, monkeypatch):
         assert len(folders) == 4
         assert (work / "runs/toy/second/ensemble.json").is_file()
         results[workers] = metrics_of(work / "runs")
-    assert sorted(results[1], key=str) == [
+    assert set(results[1]) == {
         ("first", 0),
         ("first", 1),
         ("first", "longer"),
         ("second", 0),
         ("second", 1),
         ("second", "longer"),
-    ]
+    }
     assert len(results[1][("first", "longer")]) == 4  # twice the 2 epochs
     assert results[1] == results[2]  # identical, bit for bit: metrics and every epoch's val loss
 
