@@ -345,7 +345,12 @@ def set_quality(real: torch.Tensor, fake: torch.Tensor, k: int, seed: int) -> di
             precision, recall = None, None
         else:
             precision, recall = precision_recall(a, b, k)
-        return {"n": len(a), **fid_kid(a, b, seed), "precision": precision, "recall": recall}
+        if min(len(a), len(b)) < 2:  # a covariance needs two images a side
+            log.warning("%d image(s) a side, too few for FD/KID; left empty", min(len(a), len(b)))
+            distances = {"fid": None, "kid": None, "kid_std": None}
+        else:
+            distances = fid_kid(a, b, seed)
+        return {"n": len(a), **distances, "precision": precision, "recall": recall}
 
     return {**measures(real_n, fake_n), "reference": measures(ref_a, ref_b)}
 

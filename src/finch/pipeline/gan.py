@@ -93,12 +93,13 @@ def generate(cfg: FinchConfig) -> None:
     }
     write_json(REPORTS / "synthetic_quality.json", quality)
     overall = quality["overall"]
+    shown = {key: "—" if value is None else f"{value:.4g}" for key, value in overall.items() if key != "reference"}
     log.info(
-        "synthetic images: %d per class; FD %.2f (real vs real %.2f), KID %.4f, precision %.3f, recall %.3f",
+        "synthetic images: %d per class; FD %s (real vs real %s), KID %s, precision %s, recall %s",
         per_class,
-        overall["fid"],
+        shown["fid"],
         overall["reference"]["fid"],
-        overall["kid"],
-        overall["precision"],
-        overall["recall"],
+        shown["kid"],
+        shown["precision"],
+        shown["recall"],
     )
