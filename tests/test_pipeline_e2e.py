@@ -142,7 +142,8 @@ def test_mlflow_has_every_run(smoke_repo):
     assert seeds[seeds["tags.finch.stage"] != "gan"]["metrics.accuracy"].between(0, 1).all()
     summaries = runs[runs["tags.finch.kind"] == "summary"]
     teacher_summary = summaries[summaries["tags.mlflow.runName"] == "teacher/summary"].iloc[0]
-    assert 0 <= teacher_summary["metrics.accuracy_ci_low"] <= teacher_summary["metrics.accuracy_mean"] <= 1
+    low, mean, high = (teacher_summary[f"metrics.accuracy_{k}"] for k in ("ci_low", "mean", "ci_high"))
+    assert low <= mean <= high and 0 <= mean <= 1  # a t interval of 2 seeds may reach below 0
     assert "metrics.accuracy.boot_low" not in runs and "metrics.precision_macro_mean" not in runs  # few, named
     client = mlflow.tracking.MlflowClient()
     experiment = client.get_experiment_by_name("finch-smoke")
