@@ -155,7 +155,7 @@ def test_mlflow_has_every_run(smoke_repo):
         + [f"student/{v}/summary" for v in variants]
         + [f"finetune/{v}/summary" for v in TRANSFER_STRATEGIES]
         + [f"augmented/{v}/summary" for v in AUGMENTED]
-        + ["gan/summary", "ablation/focal/summary"]
+        + ["ablation/focal/summary"]  # the GAN has no headline metric to summarise
     )
     # the UI nests seed runs under their variant's summary run
     parent_of = dict(zip(summaries["tags.mlflow.runName"], summaries["run_id"], strict=True))
