@@ -443,6 +443,63 @@ def screenshot_runs(
     }
 
 
+def screenshot_chart(
+    base_url: str,
+    experiment_name: str,
+    out_png: str | Path,
+    search_filter: str,
+    *,
+    viewport: tuple[int, int] = (1600, 1000),
+    timeout: float = 60.0,
+) -> dict:
+    """Open ``experiment_name``'s charts view (``compareRunsMode=CHART``) for the runs matching
+    ``search_filter`` (MLflow's search syntax, e.g. a study's summary runs) and write a PNG of it.
+    MLflow draws a chart per logged metric by itself; returns ``url``, ``charts`` (the chart
+    titles found on the page), ``runs`` (the run names in the chart legend or run list),
+    ``screenshot``, ``size`` and ``notes``."""
+    exe = require_browser()
+    from urllib.parse import quote
+
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    from finch.io import atomic_path
+
+    base_url = base_url.rstrip("/")
+    exp = experiment_id(base_url, experiment_name)
+    url = (
+        f"{base_url}/#/experiments/{exp}/runs?workflowType=machine_learning&compareRunsMode=CHART"
+        f"&searchFilter={quote(search_filter)}"
+    )
+    notes: list[str] = []
+    out_png = Path(out_png)
+    with chromium_page(viewport, exe) as page:
+        page.set_default_timeout(timeout * 1000)
+        page.goto(url, wait_until="domcontentloaded")
+        try:  # a chart is an svg (plotly) in a card; wait until several have drawn
+            page.wait_for_function(
+                "() => document.querySelectorAll('.js-plotly-plot, .main-svg').length >= 2", timeout=timeout * 1000
+            )
+        except PlaywrightTimeout as err:
+            text = page.evaluate("() => document.body.innerText.slice(0, 600)")
+            raise UIError(
+                f"the charts view of {experiment_name!r} drew no chart within {timeout:.0f} s at {url}; "
+                f"the page shows: {text!r}"
+            ) from err
+        page.wait_for_timeout(1500)
+        dismiss_popups(page, notes)
+        page.mouse.move(0, 0)
+        text = page.evaluate("() => document.body.innerText")
+        with atomic_path(out_png) as tmp:
+            page.screenshot(path=str(tmp), type="png", full_page=True, animations="disabled")
+    from PIL import Image
+
+    with Image.open(out_png) as img:
+        png_size = list(img.size)
+    charts = sorted(set(re.findall(r"\b([a-z0-9_]+_(?:mean|ci_low|ci_high))\b", text)))
+    runs = sorted(set(re.findall(r"\b([a-z_]+/[A-Za-z0-9_.]+/summary)\b", text)))
+    return {"url": url, "charts": charts, "runs": runs, "screenshot": str(out_png), "size": png_size, "notes": notes}
+
+
 # --------------------------------------------------------------------------- command line
 
 
@@ -463,9 +520,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-expand", action="store_true", help="leave parent runs collapsed")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the page")
     parser.add_argument("--json", action="store_true", help="print what was shown as JSON")
+    parser.add_argument(
+        "--chart",
+        metavar="STAGE",
+        help="instead of the runs table: the charts view of STAGE's summary runs (one chart per metric)",
+    )
     args = parser.parse_args(argv)
 
     def shoot(base_url: str) -> dict:
+        if args.chart:
+            query = f"tags.`finch.kind` = 'summary' AND tags.`finch.stage` = '{args.chart}'"
+            return screenshot_chart(
+                base_url, args.experiment, args.out, query, viewport=(args.width, args.height), timeout=args.timeout
+            )
         return screenshot_runs(
             base_url,
             args.experiment,
@@ -489,6 +556,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.json:
         print(json.dumps(seen, indent=2))
+    elif args.chart:
+        print(
+            f"mlflow_screenshot: {args.experiment}: charts view of {args.chart}'s summary runs: "
+            f"{len(seen['charts'])} metric charts, runs {seen['runs']}; "
+            f"{seen['screenshot']} {seen['size'][0]}x{seen['size'][1]}"
+        )
     else:
         print(
             f"mlflow_screenshot: {args.experiment}: {len(seen['top_level'])} top-level runs, {seen['expanded']} "

@@ -16,7 +16,7 @@ from finch.runs import find_records
 from .conftest import REPO
 
 pytestmark = pytest.mark.slow
-AUGMENTED = ("synthetic_only", "real_scratch", "mix_0.5", "mix_1")
+AUGMENTED = ("synthetic_only", "real_scratch", "real", "mix_0.5", "mix_1")
 COPY = ["dvc.yaml", "profiles", "stages", "src", "pyproject.toml"]
 
 

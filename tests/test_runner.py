@@ -96,4 +96,3 @@ def test_unknown_needs_fail_before_any_training(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="needs \\['nope'\\]"):
         train_plan(bad_plan, FinchConfig(runtime={"workers": 1}), CPU)
     assert not (tmp_path / "runs").exists()
-

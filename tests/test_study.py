@@ -111,12 +111,12 @@ def test_cas_and_its_real_reference_start_from_random_weights(toy_task, tmp_path
         {"teacher": {"model": TINY_MODEL.model_dump()}, "synthetic": {"ratios": [0.5], "synthetic_only": True}}
     )
     variants = {v.name: (v, task) for v, task in augmented.augmented_variants(cfg, toy_task, str(synthetic))}
-    assert set(variants) == {"synthetic_only", "real_scratch", "mix_0.5"}
+    assert set(variants) == {"synthetic_only", "real_scratch", "real", "mix_0.5"}
     for name, (variant, _task) in variants.items():
         loaded.clear()
         torch.manual_seed(0)
         model = variant.build_model(0)
-        pretrained = name.startswith("mix_")
+        pretrained = name.startswith("mix_") or name == "real"
         assert loaded == ([backbone] if pretrained else []), name
         assert ("backbone_hash" in variant.settings) == pretrained, name
         if not pretrained:  # the same fresh, seeded initialisation
@@ -125,6 +125,7 @@ def test_cas_and_its_real_reference_start_from_random_weights(toy_task, tmp_path
             pairs = zip(model.state_dict().values(), fresh.state_dict().values(), strict=True)
             assert all(torch.equal(a, b) for a, b in pairs)
     assert torch.equal(variants["real_scratch"][1].train.x, toy_task.train.x)
+    assert torch.equal(variants["real"][1].train.x, toy_task.train.x)
     flipped, y = toy_task.train.x.flip(-1), toy_task.train.y
     assert torch.equal(variants["synthetic_only"][1].train.x, torch.cat([flipped[y == 0], flipped[y == 1]]))
 
@@ -160,3 +161,26 @@ def test_kfold_predicts_with_the_mean_of_the_fold_models(toy_task, tmp_path, mon
     assert "selected_fold" not in kf and len(kf["val_accuracy"]) == len(kf["test_accuracy"]) == 3
     best = int(np.argmax(kf["val_accuracy"]))
     assert not np.allclose(probs, each[best])
+
+
+def test_scarce_data_regime_keeps_the_first_images_of_each_class_and_the_other_splits(toy_task):
+    """`synthetic.real_per_class`: the GAN study's real images are the first N of each class
+    (the prepared order is a random draw); validation and test are the other studies'."""
+    from finch.data.splits import first_per_class
+    from finch.errors import DataError
+
+    assert first_per_class(toy_task, None) is toy_task
+    scarce = first_per_class(toy_task, 2)
+    assert torch.bincount(scarce.train.y).tolist() == [2] * toy_task.num_classes
+    for c in range(toy_task.num_classes):
+        assert torch.equal(scarce.train.x[scarce.train.y == c], toy_task.train.x[toy_task.train.y == c][:2])
+    assert scarce.val is toy_task.val and scarce.test is toy_task.test
+    assert scarce.content_hash != toy_task.content_hash  # runs on it are keyed apart
+    too_many = int(torch.bincount(toy_task.train.y).min()) + 1
+    with pytest.raises(DataError, match="synthetic.real_per_class"):
+        first_per_class(toy_task, too_many)
+
+
+def test_scarce_data_regime_larger_than_the_training_split_fails_at_load():
+    with pytest.raises(ValueError, match="synthetic.real_per_class is 900 .* at most 800"):
+        FinchConfig.model_validate({"data": {"per_class_train": 1000}, "synthetic": {"real_per_class": 900}})

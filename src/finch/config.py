@@ -362,6 +362,15 @@ class SyntheticConfig(Strict):
     )
     synthetic_only: bool = Field(True, description="also train on synthetic images only (the CAS)")
     pr_k: int = Field(3, ge=1, description="k of the k-NN precision/recall")
+    real_per_class: int | None = Field(
+        None,
+        ge=1,
+        description="the scarce-data regime of the GAN study: the GAN and every train_augmented variant see "
+        "only the first N real training images of each class; null = all of them",
+    )
+    epochs: int | None = Field(
+        None, ge=1, description="train_augmented's epochs (its recipe is the teacher's); null = the teacher's"
+    )
 
     @model_validator(mode="after")
     def _ratios_positive(self) -> SyntheticConfig:
@@ -404,13 +413,13 @@ class AggregateConfig(Strict):
         default_factory=lambda: {
             "student": ["none"],
             "finetune": ["linear_probe", "scratch"],
-            "augmented": ["teacher/default"],
+            "augmented": ["real"],
             "ablation": ["teacher/default"],
         },
         description="stage → variants (or other stage/variant) every variant is compared with, paired by seed",
     )
     variant_baselines: dict[str, dict[str, list[str]]] = Field(
-        default_factory=lambda: {"augmented": {"synthetic_only": ["real_scratch"], "real_scratch": []}},
+        default_factory=lambda: {"augmented": {"synthetic_only": ["real_scratch"], "real_scratch": [], "real": []}},
         description="stage → {variant: its own baselines, replacing the stage's `baselines` ([] = none)}",
     )
 
@@ -490,6 +499,15 @@ class FinchConfig(Strict):
             )
         for name in self.ablation.run:
             ablation_variant(self, name)  # raises with the variant's name and key
+        scarce, per_class = self.synthetic.real_per_class, self.data.per_class_train
+        if scarce is not None and per_class is not None:
+            train_per_class = per_class - max(1, round(self.data.val_fraction * per_class))
+            if scarce > train_per_class:
+                raise ValueError(
+                    f"synthetic.real_per_class is {scarce} but data.per_class_train {per_class} leaves "
+                    f"{train_per_class} training images per class after the validation split; "
+                    f"set it to at most {train_per_class}, or null (all)"
+                )
         # a k-fold run is an ensemble of k models per seed; these runs' weights are loaded later
         # as one model (the backbones, the students' teacher, explain's student, lp_ft's probe)
         loaded = {

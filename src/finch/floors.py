@@ -35,7 +35,7 @@ class Floor:
 
 
 FLOORS = (
-    Floor("pixel_logreg", "logistic regression on raw pixels", "C", (0.01, 0.1, 1.0)),
+    Floor("pixel_logreg", "logistic regression on raw pixels", "C", (0.001, 0.01, 0.1, 1.0)),
     Floor("pixel_knn", "k-nearest neighbours on raw pixels", "k", (1, 5, 15)),
 )
 

@@ -104,3 +104,27 @@ def load_task(prepared_dir: Path | str, task: str = "target") -> TaskData:
         origin=str(prepared_dir / f"{task}.safetensors"),
         **splits,
     )
+
+
+def first_per_class(task: TaskData, per_class: int | None) -> TaskData:
+    """``task`` with only the first ``per_class`` training images of each class (in the prepared
+    order, itself a random draw): a scarce-data regime on the same validation and test splits.
+    ``None`` returns ``task`` unchanged."""
+    from dataclasses import replace
+
+    if per_class is None:
+        return task
+    counts = torch.bincount(task.train.y, minlength=task.num_classes)
+    if int(counts.min()) < per_class:
+        short = task.class_names[int(counts.argmin())]
+        raise DataError(
+            f"synthetic.real_per_class is {per_class} but class {short!r} has {int(counts.min())} training images; "
+            "lower it or set it to null (all)"
+        )
+    keep = torch.cat([torch.nonzero(task.train.y == c).squeeze(1)[:per_class] for c in range(task.num_classes)])
+    keep = keep.sort().values
+    return replace(
+        task,
+        train=Split(task.train.x[keep], task.train.y[keep]),
+        content_hash=f"{task.content_hash}+first{per_class}",
+    )

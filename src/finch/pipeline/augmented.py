@@ -1,10 +1,13 @@
 """Stage `train_augmented`: the teacher's recipe on real plus synthetic images (and on synthetic only).
 
-The mixes start from the pretrained backbone, like the teacher; their real-only reference is
-the `train_teacher` stage itself (same recipe, data and seeds), so the report pairs each mix
-with the teacher of the same seed. The classification accuracy score (`synthetic_only`, Ravuri
-& Vinyals 2019) trains on generated images alone, from random initialisation: a backbone
-pretrained on real images would carry real-image knowledge into it. Its reference is
+The stage asks whether GAN-made images help when data is scarce: with `synthetic.real_per_class`
+set, the GAN and every variant here see only the first N real training images of each class
+(validation and test splits unchanged). The mixes start from the pretrained backbone, like the
+teacher; their reference is `real`: the teacher's model and recipe from the backbone on the same
+real images with the same seeds, so the report pairs each mix with `real` of the same seed.
+The classification accuracy score (`synthetic_only`, Ravuri & Vinyals 2019) trains on
+generated images alone, from random initialisation: a backbone pretrained on real images
+would carry real-image knowledge into it. Its reference is
 `real_scratch`: the same model and recipe, from random initialisation, on the real images.
 """
 
@@ -21,7 +24,8 @@ def mix_name(ratio: float) -> str:
 
 def augmented_variants(cfg: FinchConfig, data, synthetic_file: str) -> list[tuple]:
     """What the stage trains: (variant, its task) for the synthetic-only run and its real-image
-    reference (both from random initialisation), and for each mix (from the pretrained backbone)."""
+    reference (both from random initialisation), and for the real images alone and each mix (from
+    the pretrained backbone)."""
     from dataclasses import replace
 
     import torch
@@ -52,8 +56,11 @@ def augmented_variants(cfg: FinchConfig, data, synthetic_file: str) -> list[tupl
     # (name, synthetic share or None for none, real images?, from the pretrained backbone?)
     runs = [("synthetic_only", 1.0, False, False), ("real_scratch", None, True, False)]
     runs = runs if cfg.synthetic.synthetic_only else []
-    runs += [(mix_name(r), r, True, True) for r in cfg.synthetic.ratios]
+    runs += [("real", None, True, True)] + [(mix_name(r), r, True, True) for r in cfg.synthetic.ratios]
     tc = cfg.teacher
+    recipe = (
+        tc.recipe if cfg.synthetic.epochs is None else tc.recipe.model_copy(update={"epochs": cfg.synthetic.epochs})
+    )
     out = []
     for name, share, real, pretrained in runs:
         parts = ([data.train] if real else []) + ([synthetic_subset(share)] if share is not None else [])
@@ -68,22 +75,22 @@ def augmented_variants(cfg: FinchConfig, data, synthetic_file: str) -> list[tupl
 
         settings = {
             "model": tc.model.model_dump(),
-            "recipe": tc.recipe.model_dump(),
+            "recipe": recipe.model_dump(),
             **({"backbone_hash": file_hash(BACKBONE)} if pretrained else {"init": "random"}),
             "mix": name,
             **({"synthetic_hash": file_hash(synthetic_file)} if share is not None else {}),
         }
-        variant = Variant(stage="augmented", name=name, build_model=build, recipe=tc.recipe, settings=settings)
+        variant = Variant(stage="augmented", name=name, build_model=build, recipe=recipe, settings=settings)
         out.append((variant, task))
     return out
 
 
 def plan(cfg: FinchConfig, device) -> list:
     """The stage's variants over every seed (see :func:`augmented_variants`)."""
-    from finch.data.splits import load_task
+    from finch.data.splits import first_per_class, load_task
     from finch.runner import PlannedVariant
 
-    data = load_task(PREPARED, "target")
+    data = first_per_class(load_task(PREPARED, "target"), cfg.synthetic.real_per_class)
     return [
         PlannedVariant(variant, task, cfg.seeds, MODELS / "augmented")
         for variant, task in augmented_variants(cfg, data, f"{SYNTHETIC}/synthetic.safetensors")

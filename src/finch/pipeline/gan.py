@@ -10,10 +10,11 @@ SYNTHETIC = "data/synthetic"
 
 
 def train_gan(cfg: FinchConfig) -> None:
-    """Train the class-conditional DCGAN on the target training images; log it like any run."""
+    """Train the class-conditional DCGAN on the target training images (the first
+    ``synthetic.real_per_class`` of each class in the scarce-data regime); log it like any run."""
     import time
 
-    from finch.data.splits import load_task
+    from finch.data.splits import first_per_class, load_task
     from finch.gan import train_gan as train
     from finch.io import save_tensors
     from finch.runs import RunKind, RunRecord, write_stage_metrics
@@ -21,7 +22,7 @@ def train_gan(cfg: FinchConfig) -> None:
     from finch.train.runtime import configure
 
     device = configure(cfg.runtime)
-    data = load_task(PREPARED, "target")
+    data = first_per_class(load_task(PREPARED, "target"), cfg.synthetic.real_per_class)
     settings = {"gan": cfg.gan.model_dump(), "data_hash": data.content_hash, "runtime": cfg.runtime.model_dump()}
     start = time.perf_counter()
     result = train(data, cfg.gan, cfg.gan.seed, device, grid_dir=GAN_DIR / "grids")
@@ -59,14 +60,14 @@ def generate(cfg: FinchConfig) -> None:
     """Labelled synthetic images (stored like the prepared splits), a grid, and their quality."""
     import torch
 
-    from finch.data.splits import load_task
+    from finch.data.splits import first_per_class, load_task
     from finch.gan import DomainFeatures, Generator, sample, save_grid, synthetic_quality
     from finch.io import load_tensors, save_tensors, write_json
     from finch.train.runtime import configure
     from finch.transfer import feature_extractor
 
     device = configure(cfg.runtime)
-    data = load_task(PREPARED, "target")
+    data = first_per_class(load_task(PREPARED, "target"), cfg.synthetic.real_per_class)  # the GAN's real images
     gen = Generator(data.num_classes, data.in_chans, data.image_size, cfg.gan)
     gen.load_state_dict(load_tensors(GAN_DIR / "generator.safetensors"))
     gen.to(device)

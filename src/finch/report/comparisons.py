@@ -157,6 +157,7 @@ class Comparison:
     convergence: pd.DataFrame = field(default_factory=pd.DataFrame)  # tables.convergence_table rows
     below_floors: list[str] = field(default_factory=list)  # variants whose mean is under the highest floor
     highest_floor: float = float("nan")
+    highest_floor_val: float = float("nan")  # the highest floor's validation accuracy (the convergence check's scale)
 
     @property
     def still_improving(self) -> list[str]:
@@ -221,6 +222,7 @@ def compare_variants(
     cfg: AggregateConfig,
     floors: dict[str, str] | None = None,
     convergence: pd.DataFrame | None = None,
+    floor_val: float = float("nan"),
 ) -> Comparison:
     """The comparison section's data for ``study``; ``variants`` maps variant → its records
     (in record order), ``family`` is the study's comparison family (:func:`study_comparisons`)."""
@@ -267,4 +269,5 @@ def compare_variants(
         convergence=convergence if convergence is not None else pd.DataFrame(),
         below_floors=below,
         highest_floor=highest_floor,
+        highest_floor_val=floor_val,
     )

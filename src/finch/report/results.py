@@ -107,13 +107,19 @@ def build_report(
     for stage in sorted(by_stage, key=stage_order):
         variants, s = by_stage[stage], study(stage)
         with_floors = tables.floor_labels(floors) if floors and s.target_task else {}
+        floor_val = max(
+            (max(f.get("val_accuracy", {}).values(), default=float("nan")) for f in (floors or {}).values()),
+            default=float("nan"),
+        )
         compared = len(variants) > 1 or cfg.baselines.get(stage) or cfg.variant_baselines.get(stage) or with_floors
         checked = convergence[convergence.stage == stage] if convergence is not None else pd.DataFrame()
         section = StudySection(
             study=s,
             variants=[_variant_section(stage, v, variants[v], summary, cfg) for v in sorted(variants)],
             comparison=(
-                compare_variants(s, variants, summary, families[stage], cfg, with_floors, checked) if compared else None
+                compare_variants(s, variants, summary, families[stage], cfg, with_floors, checked, floor_val)
+                if compared
+                else None
             ),
             ensembles=tables.ensemble_table([r for recs in variants.values() for r in recs]),
         )

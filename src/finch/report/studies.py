@@ -78,14 +78,17 @@ STUDIES: dict[str, Study] = {
             "augmented",
             "Synthetic images: how good they are, and what they add",
             note=(
-                "A class-conditional DCGAN (stage `train_gan`) learns the target training images; `generate` "
-                "draws labelled images from a fixed seed. `synthetic_only` trains the teacher's model and recipe "
-                "from random initialisation on as many synthetic images as there are real ones (the classification "
-                "accuracy score, CAS, tested on the real test split); its reference is `real_scratch`, the same "
-                "model and recipe from random initialisation on the real images. `mix_r` trains the teacher "
-                "(from the pretrained backbone) on the real images plus r times as many synthetic ones; their "
-                "reference is the teacher itself: the same recipe on the same real images with the same seeds. "
-                "Model selection uses the real validation split in every variant."
+                "Do GAN-made images help when data is scarce? With `synthetic.real_per_class` set (the default "
+                "profile: 100), the GAN and every variant here see only the first N real training images of each "
+                "class; validation and test splits are the other studies'. A class-conditional DCGAN (stage "
+                "`train_gan`) learns those images; `generate` draws labelled images from a fixed seed. "
+                "`synthetic_only` trains the teacher's model and recipe (epochs: `synthetic.epochs`) from random "
+                "initialisation on as many synthetic images as there are real ones (the classification accuracy "
+                "score, CAS, tested on the real test split); its reference is `real_scratch`, the same model and "
+                "recipe from random initialisation on the real images. `mix_r` fine-tunes from the pretrained "
+                "backbone on the real images plus r times as many synthetic ones; its reference is `real`: the "
+                "same model, recipe and backbone on the same real images alone, with the same seeds. Model "
+                "selection uses the real validation split in every variant."
             ),
             synthetic_quality=True,
         ),
