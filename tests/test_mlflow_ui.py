@@ -111,3 +111,24 @@ def test_screenshot_shows_the_runs_in_a_real_browser(tmp_path):
         assert img.size[0] >= 1600 and img.size[1] >= 1000
         colours = img.convert("RGB").getcolors(maxcolors=1 << 20)
         assert colours is not None and len(colours) > 100
+
+
+@pytest.mark.slow
+def test_charts_view_shows_a_chart_per_summary_metric_without_adding_any(tmp_path):
+    """The charts view of one study's summary runs (the README's second picture): MLflow draws
+    a chart per metric those runs logged, with a bar per run, filtered to that study."""
+    pytest.importorskip("playwright.sync_api", reason="Playwright not installed (bash scripts/setup-test.sh)")
+    if screenshot.find_chromium() is None:
+        pytest.skip("no Chromium executable (bash scripts/setup-test.sh as root, or set FINCH_CHROMIUM)")
+    uri, names, _ = make_store(tmp_path)
+    client = MlflowClient(tracking_uri=uri)
+    for run_id, name in names.items():
+        if name.endswith("/summary"):
+            client.log_metric(run_id, "accuracy_ci_low", 0.75)
+    out = tmp_path / "chart.png"
+    query = "tags.`finch.kind` = 'summary' AND tags.`finch.stage` = 'student'"
+    with mlflow_server(uri, (tmp_path / "mlartifacts").as_uri()) as base:
+        seen = screenshot.screenshot_chart(base, EXPERIMENT, out, query, viewport=(1600, 1000))
+    assert seen["charts"] == ["accuracy_ci_low", "accuracy_mean"]  # one per metric, none added by hand
+    assert seen["runs"] == ["student/none/summary"]  # the filter keeps the one study's summary runs
+    assert out.is_file() and out.stat().st_size > 20_000
