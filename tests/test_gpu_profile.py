@@ -23,6 +23,7 @@ SMOKE_SIZED = {
     "seeds": [0],
     "runtime": {"device": "cpu", "threads": 1, "workers": 1, "progress": False},
     "data": {"per_class_train": 24, "per_class_pretrain": 30},
+    "synthetic": {"real_per_class": 10},  # the GAN study's scarce images fit the smoke-sized data
     "pretrain": {"recipe": {"epochs": 1, "batch_size": 32}, "vit_recipe": {"epochs": 1, "batch_size": 32}},
     "teacher": {"recipe": {"epochs": 1, "batch_size": 16}},
     "student": {"recipe": {"epochs": 2, "batch_size": 16}},

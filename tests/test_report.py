@@ -301,3 +301,40 @@ def test_convergence_marks_and_what_a_longer_schedule_buys_below_the_floors(tmp_
         "floor's 0.8000 on the same validation images: still not above it." in results
     )
     assert "*Still improving:* `none`" in results
+
+
+def test_the_scarce_data_study_is_shown_with_floors_fitted_on_its_own_images(tmp_path):
+    """floors.json's `scarce` floors (fitted on synthetic.real_per_class images a class) are the
+    floors of the augmented study; every other study keeps the full-data floors."""
+    from finch.io import write_json
+
+    runs = tmp_path / "runs"
+    for stage, variant, accuracy in (("teacher", "default", 0.80), ("augmented", "real", 0.70)):
+        for seed in range(3):
+            _record(stage, variant, seed, accuracy + 0.01 * seed).write(runs)
+
+    def floor(accuracy: float) -> dict:
+        return {
+            "label": "logistic regression on raw pixels",
+            "param": "C",
+            "value": 0.01,
+            "val_accuracy": {"0.01": accuracy},
+            "metrics": {"accuracy": accuracy, "f1_macro": accuracy},
+        }
+
+    doc = {"floors": {"pixel_logreg": floor(0.75)}}
+    doc["scarce"] = {"per_class": 100, "stages": ["augmented"], "floors": {"pixel_logreg": floor(0.65)}}
+    write_json(tmp_path / "floors.json", doc)
+    cfg = AggregateConfig(bootstrap_resamples=200, headline_metrics=["accuracy"], baselines={})
+    summary = write_reports(
+        find_records(runs), tmp_path / "no-card.json", tmp_path / "out", cfg, floors_path=tmp_path / "floors.json"
+    )
+    floors = summary[(summary.stage == "floors") & (summary.metric == "accuracy")].set_index("variant")["mean"]
+    assert floors.to_dict() == {"pixel_logreg": 0.75, "pixel_logreg_100_per_class": 0.65}
+    results = (tmp_path / "out" / "results.md").read_text()
+    sections = {part.split("\n", 1)[0]: part for part in results.split("\n## ")}
+    teacher = next(v for k, v in sections.items() if k.startswith("CNN teacher"))
+    augmented = next(v for k, v in sections.items() if k.startswith("Synthetic images"))
+    assert "logistic regression on raw pixels (C = 0.01)*" in teacher and "training images a class" not in teacher
+    assert "logistic regression on raw pixels, 100 training images a class (C = 0.01)*" in augmented
+    assert "**Below the floors:**" not in augmented  # 0.70 is above its own floor, 0.65

@@ -6,18 +6,29 @@ from finch.config import FinchConfig
 from finch.pipeline.common import PREPARED, REPORTS, log
 
 FLOORS_JSON = REPORTS / "floors.json"
+SCARCE_STAGES = ("augmented",)  # the studies trained on synthetic.real_per_class images a class
 
 
 def compute_floors(cfg: FinchConfig) -> None:
     """Pixel logistic regression and k-NN on the prepared splits → reports/floors.json."""
-    from finch.data.splits import load_task
+    from finch.data.splits import first_per_class, load_task
     from finch.floors import floor_metrics
     from finch.io import write_json
 
     data = load_task(PREPARED, "target")
     floors = floor_metrics(data, cfg.evaluate.ece_bins)
-    write_json(FLOORS_JSON, {"data_hash": data.content_hash, "floors": floors})
+    out = {"data_hash": data.content_hash, "floors": floors}
+    scarce = cfg.synthetic.real_per_class
+    if scarce is not None:  # the GAN study's own floors: the same classifiers on its scarce training images
+        out["scarce"] = {
+            "per_class": scarce,
+            "stages": list(SCARCE_STAGES),
+            "floors": floor_metrics(first_per_class(data, scarce), cfg.evaluate.ece_bins),
+        }
+    write_json(FLOORS_JSON, out)
     for name, floor in floors.items():
         log.info(
             "floor %s (%s = %s): test accuracy %.4f", name, floor["param"], floor["value"], floor["metrics"]["accuracy"]
         )
+    for name, floor in out.get("scarce", {}).get("floors", {}).items():
+        log.info("floor %s on %d images a class: test accuracy %.4f", name, scarce, floor["metrics"]["accuracy"])

@@ -48,7 +48,9 @@ def headline_table(
             interval = "—" if m["t_low"] is None else f"[{_num(m['t_low'])}, {_num(m['t_high'])}]"
             rows = comp[(comp.stage == study) & (comp.variant == variant)] if not comp.empty else comp
             if study == "floors":
-                diff, mark = "floor (no representation learning)", "—"
+                scarce = variant.endswith("_per_class")  # the GAN study's floors, on its scarce images
+                diff = "floor of `augmented` (its scarce data)" if scarce else "floor (no representation learning)"
+                mark = "—"
             else:
                 diff = "baseline" if rows.empty else _diff_cell(rows.iloc[0])
                 mark = marks.get((study, variant), "not checked")

@@ -95,9 +95,12 @@ def build_report(
     quality: dict | None = None,
     floors: dict | None = None,
     convergence: pd.DataFrame | None = None,
+    floors_by_stage: dict[str, dict] | None = None,
 ) -> Report:
     """The data of results.md: a section per study with classifier runs (registry order, then
-    any other stage), each variant's tables, and the overview's forest rows."""
+    any other stage), each variant's tables, and the overview's forest rows. Each study on the
+    target task is shown with the floors (``floors``; ``floors_by_stage`` names a study's own,
+    e.g. the scarce-data floors of the GAN study)."""
     by_stage: dict[str, dict[str, list[RunRecord]]] = {}
     for rec in records:
         if rec.kind == RunKind.CLASSIFIER:  # the GAN appears in the study that declares synthetic quality
@@ -106,9 +109,10 @@ def build_report(
     sections, forest = [], {m: [] for m in cfg.headline_metrics}
     for stage in sorted(by_stage, key=stage_order):
         variants, s = by_stage[stage], study(stage)
-        with_floors = tables.floor_labels(floors) if floors and s.target_task else {}
+        own = (floors_by_stage or {}).get(stage, {k: v for k, v in (floors or {}).items() if "_per_class" not in k})
+        with_floors = tables.floor_labels(own) if own and s.target_task else {}
         floor_val = max(
-            (max(f.get("val_accuracy", {}).values(), default=float("nan")) for f in (floors or {}).values()),
+            (max(f.get("val_accuracy", {}).values(), default=float("nan")) for f in own.values()),
             default=float("nan"),
         )
         compared = len(variants) > 1 or cfg.baselines.get(stage) or cfg.variant_baselines.get(stage) or with_floors
@@ -168,7 +172,8 @@ def write_reports(
     table = runs_table(records)
     _write_csv(out / "runs.csv", table)
     summary = summarize(table, cfg.confidence, cfg.bootstrap_resamples, cfg.bootstrap_seed)
-    floors = read_json(floors_path)["floors"] if floors_path and Path(floors_path).is_file() else {}
+    floors_doc = read_json(floors_path) if floors_path and Path(floors_path).is_file() else {}
+    floors, floors_by_stage = tables.floor_sets(floors_doc)
     if floors:
         summary = pd.concat([summary, tables.floor_summary(floors)], ignore_index=True)
     convergence = tables.convergence_table(records)
@@ -182,7 +187,7 @@ def write_reports(
 
     card = read_json(card_path) if Path(card_path).is_file() else None
     quality = read_json(quality_path) if quality_path and Path(quality_path).is_file() else None
-    report = build_report(records, summary, families, cfg, card, quality, floors, convergence)
+    report = build_report(records, summary, families, cfg, card, quality, floors, convergence, floors_by_stage)
     figures.write_figures(report, out / "figures")
     write_text(out / "results.md", render_results(report))
     return summary

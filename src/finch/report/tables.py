@@ -209,6 +209,24 @@ def floor_labels(floors: dict) -> dict[str, str]:
     return {name: f"{f['label']} ({f['param']} = {f['value']:g})" for name, f in floors.items()}
 
 
+def floor_sets(floors_doc: dict) -> tuple[dict, dict[str, dict]]:
+    """floors.json → (every floor by summary name, stage → the floors its study is shown with).
+    The scarce-data floors (fitted on ``synthetic.real_per_class`` images a class) are named
+    ``<floor>_<N>_per_class`` and belong to the studies trained on those images."""
+    floors = dict(floors_doc.get("floors", {}))
+    by_stage: dict[str, dict] = {}
+    scarce = floors_doc.get("scarce")
+    if scarce:
+        n = scarce["per_class"]
+        renamed = {
+            f"{name}_{n}_per_class": {**f, "label": f"{f['label']}, {n} training images a class"}
+            for name, f in scarce["floors"].items()
+        }
+        floors.update(renamed)
+        by_stage = {stage: renamed for stage in scarce["stages"]}
+    return floors, by_stage
+
+
 CONVERGENCE_COLUMNS = [
     "stage", "variant", "seed", "epochs", "best_val", "longer_epochs", "longer_best_val", "gain", "seed_spread",
     "threshold", "converged",
