@@ -109,7 +109,7 @@ def build_report(
     sections, forest = [], {m: [] for m in cfg.headline_metrics}
     for stage in sorted(by_stage, key=stage_order):
         variants, s = by_stage[stage], study(stage)
-        own = (floors_by_stage or {}).get(stage, {k: v for k, v in (floors or {}).items() if "_per_class" not in k})
+        own = (floors_by_stage or {}).get(stage, floors or {})
         with_floors = tables.floor_labels(own) if own and s.target_task else {}
         floor_val = max(
             (max(f.get("val_accuracy", {}).values(), default=float("nan")) for f in own.values()),
@@ -174,8 +174,9 @@ def write_reports(
     summary = summarize(table, cfg.confidence, cfg.bootstrap_resamples, cfg.bootstrap_seed)
     floors_doc = read_json(floors_path) if floors_path and Path(floors_path).is_file() else {}
     floors, floors_by_stage = tables.floor_sets(floors_doc)
-    if floors:
-        summary = pd.concat([summary, tables.floor_summary(floors)], ignore_index=True)
+    every_floor = floors | {name: f for own in floors_by_stage.values() for name, f in own.items()}
+    if every_floor:
+        summary = pd.concat([summary, tables.floor_summary(every_floor)], ignore_index=True)
     convergence = tables.convergence_table(records)
     _write_csv(out / "convergence.csv", convergence)
     write_json(out / "summary.json", summary_json(summary, cfg.headline_metrics))

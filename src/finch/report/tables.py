@@ -210,21 +210,18 @@ def floor_labels(floors: dict) -> dict[str, str]:
 
 
 def floor_sets(floors_doc: dict) -> tuple[dict, dict[str, dict]]:
-    """floors.json → (every floor by summary name, stage → the floors its study is shown with).
+    """floors.json → (the full-data floors, stage → the floors its study is shown with instead).
     The scarce-data floors (fitted on ``synthetic.real_per_class`` images a class) are named
     ``<floor>_<N>_per_class`` and belong to the studies trained on those images."""
-    floors = dict(floors_doc.get("floors", {}))
-    by_stage: dict[str, dict] = {}
     scarce = floors_doc.get("scarce")
-    if scarce:
-        n = scarce["per_class"]
-        renamed = {
-            f"{name}_{n}_per_class": {**f, "label": f"{f['label']}, {n} training images a class"}
-            for name, f in scarce["floors"].items()
-        }
-        floors.update(renamed)
-        by_stage = {stage: renamed for stage in scarce["stages"]}
-    return floors, by_stage
+    if not scarce:
+        return dict(floors_doc.get("floors", {})), {}
+    n = scarce["per_class"]
+    renamed = {
+        f"{name}_{n}_per_class": {**f, "label": f"{f['label']}, {n} training images a class"}
+        for name, f in scarce["floors"].items()
+    }
+    return dict(floors_doc.get("floors", {})), {stage: renamed for stage in scarce["stages"]}
 
 
 CONVERGENCE_COLUMNS = [
