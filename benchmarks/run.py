@@ -12,6 +12,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 import augmentation  # noqa: E402
+import compile as compile_bench  # noqa: E402
 import engine_vs_bare  # noqa: E402
 import parallel_runs  # noqa: E402
 import probe_vs_frozen  # noqa: E402
@@ -28,6 +29,7 @@ def main() -> None:
         augmentation.measure(),
         probe_vs_frozen.measure(),
         parallel_runs.measure(),
+        compile_bench.measure(),
         startup.measure(),
     ]
     lines = [

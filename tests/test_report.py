@@ -212,6 +212,23 @@ def test_write_reports_writes_the_figures_the_page_names(tmp_path: Path):
         assert (tmp_path / name).is_file()
 
 
+def _cannot_save(fig, path):
+    raise OSError(f"disk full: {path}")
+
+
+def test_figures_drawn_in_parallel_are_the_files_drawn_in_one_process(tmp_path: Path, monkeypatch):
+    report, _ = _report(_records())
+    figures.write_figures(report, tmp_path / "one", processes=1)
+    figures.write_figures(report, tmp_path / "two", processes=2)
+    names = sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert len(names) >= 8 and names == sorted(p.name for p in (tmp_path / "two").iterdir())
+    for name in names:
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+    monkeypatch.setattr(figures, "_save", _cannot_save)  # forked workers inherit the patch
+    with pytest.raises(OSError, match="disk full"):
+        figures.write_figures(report, tmp_path / "three", processes=2)
+
+
 def test_cas_is_compared_with_its_scratch_reference_and_the_mixes_with_real_images_alone():
     records = [_record("teacher", "default", s, 0.70 + 0.01 * s) for s in range(3)]
     records += [

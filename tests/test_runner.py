@@ -96,3 +96,35 @@ def test_unknown_needs_fail_before_any_training(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="needs \\['nope'\\]"):
         train_plan(bad_plan, FinchConfig(runtime={"workers": 1}), CPU)
     assert not (tmp_path / "runs").exists()
+
+
+EMPTY_ABLATION = """
+import runpy, sys
+runpy.run_path(sys.argv[1], run_name="__main__")
+print(sorted(m for m in ("torch", "timm", "mlflow") if m in sys.modules))
+"""
+
+
+def test_a_stage_with_nothing_to_train_skips_the_heavy_imports_and_still_writes_its_outputs(tmp_path: Path):
+    import subprocess
+    import sys
+
+    import yaml
+
+    from .conftest import REPO
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["ablation"]["run"] = []
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    done = subprocess.run(
+        [sys.executable, "-c", EMPTY_ABLATION, str(REPO / "stages/ablation.py")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert done.stdout.strip().splitlines()[-1] == "[]"  # no torch, timm or MLflow imported
+    assert (tmp_path / "models/ablation").is_dir() and (tmp_path / "reports/runs/ablation").is_dir()
+    assert json.loads((tmp_path / "reports/metrics/ablation.json").read_text()) == {}
+    timing = json.loads((tmp_path / "reports/timing/ablation.json").read_text())
+    assert timing["stage"] == "ablation" and timing["wall_s"] >= timing["startup_s"] > 0

@@ -68,25 +68,29 @@ def run_training_stage(plan, cfg: FinchConfig, stage: str, metrics_file: Path) -
 
 
 def run_stage(
-    name: str, fn: Callable[[FinchConfig], None], imports: tuple[str, ...] = (), params: str = "params.yaml"
+    name: str,
+    fn: Callable[[FinchConfig], None],
+    imports: tuple[str, ...] = (),
+    params: str = "params.yaml",
+    imports_when: Callable[[FinchConfig], bool] | None = None,
 ) -> None:
     """Entry point of a stage process: logging, params, clean errors, timing.
 
-    ``imports`` are the heavy modules the stage uses, imported first so that the
-    start-up time written to ``reports/timing/<stage>.json`` includes them.
+    ``imports`` are the heavy modules the stage uses, imported right after the parameters are
+    read so that the start-up time written to ``reports/timing/<stage>.json`` includes them;
+    with ``imports_when``, only when it says the parameters give the stage work to do.
     """
     import importlib
 
     from finch.io import write_json
 
-    for module in imports:
-        importlib.import_module(module)
-
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    started = time.time()
-    startup_s = _seconds_since_process_start()
     try:
-        cfg = load_params(params)
+        cfg = load_params(params)  # a bad params.yaml fails here, before any heavy import
+        for module in imports if imports_when is None or imports_when(cfg) else ():
+            importlib.import_module(module)
+        started = time.time()
+        startup_s = _seconds_since_process_start()
         fn(cfg)
     except USER_ERRORS as err:
         print(f"\nfinch {name}: error: {err}", file=sys.stderr)

@@ -6,6 +6,9 @@ are the one place figure files are named (the template and the MLflow summaries 
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -64,37 +67,57 @@ def variant_figures(fig_dir: Path, stage: str, variant: str) -> list[Path]:
     return [p for p in paths if p.is_file()]
 
 
-def write_figures(report: Report, fig_dir: Path) -> None:
-    """Every figure results.md shows, under ``fig_dir``."""
+def write_figures(report: Report, fig_dir: Path, processes: int | None = None) -> None:
+    """Every figure results.md shows, under ``fig_dir``.
+
+    The figures are independent, so they are drawn by ``processes`` forked processes (default:
+    the cores this process may use); a figure's file does not depend on how many drew them.
+    """
+    jobs = list(_figure_jobs(report, Path(fig_dir)))
+    processes = min(len(jobs), processes or len(os.sched_getaffinity(0)))
+    if processes <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+        for fn, args, kwargs in jobs:
+            fn(*args, **kwargs)
+        return
+    context = multiprocessing.get_context("fork")  # the figures' data is already in memory
+    with ProcessPoolExecutor(processes, mp_context=context) as pool:
+        for future in [pool.submit(fn, *args, **kwargs) for fn, args, kwargs in jobs]:
+            future.result()  # re-raises a figure's error here
+
+
+def _figure_jobs(report: Report, fig_dir: Path):
+    """(function, args, kwargs) for every figure of the report."""
     for section in report.studies:
         stage = section.study.key
         for rec in section.gan_records:
             title = "conditional DCGAN: losses per epoch"
-            history_figure(rec.history, fig_dir / losses_file(rec.stage, rec.variant), title=title)
+            yield history_figure, (rec.history, fig_dir / losses_file(rec.stage, rec.variant)), {"title": title}
         c = section.comparison
         if c is not None:
             if c.has_differences:
                 title = f"{stage}: paired accuracy differences over seeds"
                 rows = c.paired.to_dict("records")
-                forest_figure(rows, "accuracy difference", fig_dir / paired_file(stage), title=title, zero=True)
+                args = (rows, "accuracy difference", fig_dir / paired_file(stage))
+                yield forest_figure, args, {"title": title, "zero": True}
             curves = {v: curve.to_dict("records") for v, curve in c.curves.items()}
-            variant_curves_figure(curves, fig_dir / variant_curves_file(stage), title=f"{stage}: mean over seeds")
+            args = (curves, fig_dir / variant_curves_file(stage))
+            yield variant_curves_figure, args, {"title": f"{stage}: mean over seeds"}
             if c.pareto is not None:
                 title = f"{stage}: accuracy against cost"
-                pareto_figure(c.pareto.to_dict("records"), fig_dir / pareto_file(stage), title=title)
+                yield pareto_figure, (c.pareto.to_dict("records"), fig_dir / pareto_file(stage)), {"title": title}
         for v in section.variants:
             label, recs = variant_label(v.stage, v.variant), v.records
-            confusion_figure(
-                summed_confusion(recs),
-                recs[0].class_names,
-                fig_dir / confusion_file(v.stage, v.variant),
-                title=f"{label}: confusion summed over {len(recs)} seed(s)",
-            )
+            args = (summed_confusion(recs), recs[0].class_names, fig_dir / confusion_file(v.stage, v.variant))
+            yield confusion_figure, args, {"title": f"{label}: confusion summed over {len(recs)} seed(s)"}
             histories = {f"seed {r.seed}": r.history for r in sorted(recs, key=lambda r: r.seed)}
-            curves_figure(histories, fig_dir / curves_file(v.stage, v.variant), title=f"{label}: learning curves")
+            yield (
+                curves_figure,
+                (histories, fig_dir / curves_file(v.stage, v.variant)),
+                {"title": f"{label}: learning curves"},
+            )
     for metric, rows in report.forest.items():
         if not rows.empty:
-            forest_figure(rows.to_dict("records"), metric, fig_dir / forest_file(metric))
+            yield forest_figure, (rows.to_dict("records"), metric, fig_dir / forest_file(metric)), {}
 
 
 def _save(fig, path: Path | str) -> None:

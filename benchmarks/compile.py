@@ -1,0 +1,83 @@
+"""torch.compile vs eager: end-to-end training time of the default study's models, compile time included.
+
+``torch.compile`` would become an opt-in (``runtime.compile``) only if it is faster end to end.
+Each model trains ``epochs`` epochs through the engine (``fit``) with the study's thread count,
+eagerly and after ``model.compile()`` (inductor, CPU), on the default profile's data. Wall time
+covers everything ``fit`` does: compilation (first steps, the last partial batch, validation's
+batch size), training and validation. Ratio = eager wall / compiled wall (> 1: compile pays),
+the lower of teacher and student; the detail also gives what the study's own epoch counts
+would cost, from the measured compile overhead and steady per-epoch times.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+
+
+def _run(model_kind: str, compiled: bool, epochs: int, seed: int = 0) -> dict:
+    import torch
+
+    from finch.config import load_params
+    from finch.data.splits import load_task
+    from finch.distill import DistillationObjective, build_student
+    from finch.models import build_model
+    from finch.train.engine import fit
+    from finch.train.runtime import configure, seed_everything
+
+    cfg = load_params()
+    configure(cfg.runtime)
+    data = load_task("data/prepared", "target")
+    seed_everything(seed)
+    objective = None
+    if model_kind == "student":  # the `none` student: both heads on the labels, no teacher
+        sc = cfg.student
+        model, recipe = build_student(sc, "none", data.num_classes, data.in_chans), sc.recipe
+        objective = DistillationObjective(recipe.loss, data.num_classes, recipe.augment.mixing, "none", sc, None)
+    else:
+        model, recipe = build_model(cfg.teacher.model, data.num_classes, data.in_chans), cfg.teacher.recipe
+    study_epochs = recipe.epochs
+    recipe = recipe.model_copy(update={"epochs": epochs})
+    if compiled:
+        model.compile()
+    start = time.perf_counter()
+    result = fit(model, data, recipe, seed=seed, device=torch.device("cpu"), objective=objective, progress=False)
+    wall = time.perf_counter() - start
+    epoch_s = [row["epoch_time_s"] for row in result.history if "epoch_time_s" in row]
+    return {"wall": wall, "epoch_s": epoch_s, "study_epochs": study_epochs}
+
+
+def _in_fresh_process(*args) -> dict:
+    context = multiprocessing.get_context("spawn")  # a fresh process: no compile cache shared in memory
+    with context.Pool(1) as pool:
+        return pool.apply(_run, args)
+
+
+def measure(epochs: int = 4) -> dict:
+    ratios, details = [], []
+    for kind in ("teacher", "student"):
+        eager = _in_fresh_process(kind, False, epochs)
+        comp = _in_fresh_process(kind, True, epochs)
+        ratios.append(eager["wall"] / comp["wall"])
+        steady_eager = sorted(eager["epoch_s"][1:])[len(eager["epoch_s"][1:]) // 2] if eager["epoch_s"] else 0
+        steady_comp = sorted(comp["epoch_s"][1:])[len(comp["epoch_s"][1:]) // 2] if comp["epoch_s"] else 0
+        overhead = comp["wall"] - steady_comp * epochs
+        n = eager["study_epochs"]
+        at_study = (steady_eager * n) / (overhead + steady_comp * n) if steady_comp else float("nan")
+        details.append(
+            f"{kind}: {epochs} epochs eager {eager['wall']:.0f} s, compiled {comp['wall']:.0f} s "
+            f"(steady epoch {steady_eager:.1f} s vs {steady_comp:.1f} s; at the study's {n} epochs "
+            f"eager/compiled ≈ {at_study:.2f})"
+        )
+    ratio = min(ratios)
+    return {
+        "name": "torch.compile vs eager, end to end with compile time (eager wall / compiled wall)",
+        "ratio": ratio,
+        "target": "> 1 to offer runtime.compile",
+        "ok": ratio > 1,
+        "detail": "; ".join(details) + " (1 torch thread, default profile's models and data)",
+    }
+
+
+if __name__ == "__main__":
+    print(measure())
