@@ -258,3 +258,23 @@ def test_seeds_needed_for_a_huge_effect_is_the_minimum():
     from finch.report.stats import seeds_needed
 
     assert seeds_needed([0.5, 0.501, 0.499, 0.5, 0.5002]) == 2
+
+
+def test_seeds_needed_when_scipys_noncentral_t_gives_nan():
+    """full vs linear_probe in the committed study: +0.152 over 3 seeds, sd 0.005 (effect ~29).
+    scipy's noncentral t is NaN that far in its tail, so statsmodels' power was NaN and the
+    report said infinitely many seeds for a difference resolved at p = 4e-4."""
+    from statsmodels.stats.power import TTestPower
+
+    from finch.report.stats import seeds_needed, t_test_power, t_test_power_by_definition
+
+    assert np.isnan(TTestPower().power(effect_size=29.0, nobs=3, alpha=0.05))  # the library's gap
+    assert t_test_power(29.0, 3) == pytest.approx(1.0, abs=1e-6)
+    assert t_test_power(1.0, 10) == pytest.approx(TTestPower().power(effect_size=1.0, nobs=10, alpha=0.05))
+    for effect, n in ((0.5, 12), (2.0, 3), (0.01, 200_000)):  # the fallback agrees where the library works
+        assert t_test_power_by_definition(effect, n) == pytest.approx(
+            TTestPower().power(effect_size=effect, nobs=n, alpha=0.05), abs=1e-6
+        )
+    assert seeds_needed([0.1469, 0.1519, 0.1569]) == 2
+    assert seeds_needed([-0.031, -0.027, -0.023]) == 3  # effect 6.75: two pairs have power 0.55 only
+    assert seeds_needed([0.03, -0.029, 0.001]) > 1000  # a tiny mean against a wide spread

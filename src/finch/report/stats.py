@@ -181,12 +181,37 @@ def paired_tests(d) -> dict:
     return out
 
 
-def seeds_needed(d, power: float = POWER, alpha: float = ALPHA) -> float:
-    """Paired seeds for a two-sided one-sample t-test on the differences to reach ``power``
-    at the observed standardised effect (mean / sd); inf where no difference was observed,
-    NaN where the spread is zero or unknown (one seed)."""
+def t_test_power(effect: float, nobs: int, alpha: float = ALPHA) -> float:
+    """Power of a two-sided one-sample t-test at standardised effect ``effect`` with ``nobs``
+    pairs: statsmodels' ``TTestPower``, or :func:`t_test_power_by_definition` where that is NaN
+    (scipy's noncentral t fails far in its tail: a large effect times sqrt(nobs))."""
     from statsmodels.stats.power import TTestPower
 
+    p = float(TTestPower().power(effect_size=effect, nobs=nobs, alpha=alpha))
+    return p if math.isfinite(p) else t_test_power_by_definition(effect, nobs, alpha)
+
+
+def t_test_power_by_definition(effect: float, nobs: int, alpha: float = ALPHA) -> float:
+    """The same power from the noncentral t's definition, T = (Z + effect·sqrt(n)) / sqrt(V / (n - 1))
+    with V chi-square: the normal rejection probability given V, integrated over V's quantiles."""
+    from scipy import integrate
+
+    df = nobs - 1
+    crit, shift = stats.t.ppf(1 - alpha / 2, df), effect * math.sqrt(nobs)
+
+    def rejects(u: float) -> float:  # over the chi-square's quantiles: its bulk at any df
+        bound = crit * math.sqrt(stats.chi2.ppf(u, df) / df)
+        return stats.norm.sf(bound - shift) + stats.norm.cdf(-bound - shift)
+
+    return float(min(1.0, integrate.quad(rejects, 0, 1)[0]))
+
+
+def seeds_needed(d, power: float = POWER, alpha: float = ALPHA) -> float:
+    """Paired seeds for a two-sided one-sample t-test on the differences to reach ``power``
+    at the observed standardised effect (mean / sd): the smallest whole number of pairs whose
+    power reaches it (power grows with the pairs, so a bisection finds it); inf where no
+    difference was observed or more than MAX_SEEDS would be needed, NaN where the spread is
+    zero or unknown (one seed)."""
     d = np.asarray(d, dtype=float)
     if len(d) < 2:
         return np.nan
@@ -197,15 +222,18 @@ def seeds_needed(d, power: float = POWER, alpha: float = ALPHA) -> float:
     if sd == 0.0:
         return np.nan
     effect = abs(mean) / sd
-    analysis = TTestPower()
-    if analysis.power(effect_size=effect, nobs=2, alpha=alpha) >= power:
-        return 2.0  # the root finder fails below two pairs; two already suffice
-    if analysis.power(effect_size=effect, nobs=MAX_SEEDS, alpha=alpha) < power:
+    low, high = 2, MAX_SEEDS
+    if t_test_power(effect, low, alpha) >= power:
+        return float(low)
+    if t_test_power(effect, high, alpha) < power:
         return math.inf
-    n = float(np.asarray(analysis.solve_power(effect_size=effect, alpha=alpha, power=power)).item())
-    if not math.isfinite(n):
-        return math.inf
-    return float(max(2, math.ceil(n)))
+    while high - low > 1:  # power(low) < power <= power(high)
+        mid = (low + high) // 2
+        if t_test_power(effect, mid, alpha) >= power:
+            high = mid
+        else:
+            low = mid
+    return float(high)
 
 
 def holm_adjust(p_values) -> np.ndarray:
