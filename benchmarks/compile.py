@@ -14,28 +14,16 @@ from __future__ import annotations
 import multiprocessing
 import time
 
+from parallel_runs import workload
+
 
 def _run(model_kind: str, compiled: bool, epochs: int, seed: int = 0) -> dict:
     import torch
 
     from finch.config import load_params
-    from finch.data.splits import load_task
-    from finch.distill import DistillationObjective, build_student
-    from finch.models import build_model
     from finch.train.engine import fit
-    from finch.train.runtime import configure, seed_everything
 
-    cfg = load_params()
-    configure(cfg.runtime)
-    data = load_task("data/prepared", "target")
-    seed_everything(seed)
-    objective = None
-    if model_kind == "student":  # the `none` student: both heads on the labels, no teacher
-        sc = cfg.student
-        model, recipe = build_student(sc, "none", data.num_classes, data.in_chans), sc.recipe
-        objective = DistillationObjective(recipe.loss, data.num_classes, recipe.augment.mixing, "none", sc, None)
-    else:
-        model, recipe = build_model(cfg.teacher.model, data.num_classes, data.in_chans), cfg.teacher.recipe
+    model, recipe, objective, data = workload(model_kind, load_params().runtime.threads, seed)
     study_epochs = recipe.epochs
     recipe = recipe.model_copy(update={"epochs": epochs})
     if compiled:

@@ -17,27 +17,33 @@ import statistics
 from finch.config import load_params
 
 
-def _throughput(model_kind: str, threads: int, epochs: int, seed: int) -> float:
-    import torch
-
+def workload(model_kind: str, threads: int, seed: int):
+    """The default profile's ``teacher`` or ``student`` (the ``none`` student: both heads on the
+    labels, no teacher) as (model, recipe, objective, data), torch configured with ``threads``."""
     from finch.config import load_params
     from finch.data.splits import load_task
     from finch.distill import DistillationObjective, build_student
     from finch.models import build_model
-    from finch.train.engine import fit
     from finch.train.runtime import configure, seed_everything
 
     cfg = load_params()
     configure(cfg.runtime.model_copy(update={"threads": threads}))
     data = load_task("data/prepared", "target")
     seed_everything(seed)
-    objective = None
-    if model_kind == "student":  # the `none` student: both heads on the labels, no teacher
-        model, recipe = build_student(cfg.student, "none", data.num_classes, data.in_chans), cfg.student.recipe
+    if model_kind == "student":
         sc = cfg.student
+        model, recipe = build_student(sc, "none", data.num_classes, data.in_chans), sc.recipe
         objective = DistillationObjective(recipe.loss, data.num_classes, recipe.augment.mixing, "none", sc, None)
-    else:
-        model, recipe = build_model(cfg.teacher.model, data.num_classes, data.in_chans), cfg.teacher.recipe
+        return model, recipe, objective, data
+    return build_model(cfg.teacher.model, data.num_classes, data.in_chans), cfg.teacher.recipe, None, data
+
+
+def _throughput(model_kind: str, threads: int, epochs: int, seed: int) -> float:
+    import torch
+
+    from finch.train.engine import fit
+
+    model, recipe, objective, data = workload(model_kind, threads, seed)
     recipe = recipe.model_copy(update={"epochs": epochs})
     result = fit(model, data, recipe, seed=seed, device=torch.device("cpu"), objective=objective, progress=False)
     return result.train_images_per_s
