@@ -207,6 +207,18 @@ def test_fashion_mnist_target_and_source_tasks(fake_fashion_mnist, tmp_path):
     assert again["target"]["content_hash"] == card["target"]["content_hash"]  # fixed data seed
 
 
+def test_per_class_test_keeps_the_first_test_images_of_each_class(fake_fashion_mnist, tmp_path):
+    prepare(fm_cfg(fake_fashion_mnist), tmp_path / "all")
+    card = prepare(fm_cfg(fake_fashion_mnist, per_class_test=2), tmp_path / "few")
+    full, few = load_task(tmp_path / "all"), load_task(tmp_path / "few")
+    assert card["target"]["counts"]["test"] == {c: 2 for c in few.class_names}
+    for c in range(4):  # the first two of each class, in the source's order
+        assert torch.equal(few.test.x[few.test.y == c], full.test.x[full.test.y == c][:2])
+    # training and validation splits do not change (no random draw is spent on the test split)
+    assert torch.equal(few.train.x, full.train.x) and torch.equal(few.val.x, full.val.x)
+    assert len(load_task(tmp_path / "few", "source").test) == 6 * 2
+
+
 def test_fashion_mnist_resize_to_rgb(fake_fashion_mnist, tmp_path):
     prepare(fm_cfg(fake_fashion_mnist, image_size=32, channels=3, mean=[0.3] * 3, std=[0.3] * 3), tmp_path / "o")
     assert load_task(tmp_path / "o").train.x.shape[1:] == (3, 32, 32)

@@ -224,6 +224,20 @@ def test_holm_against_hand_worked_example():
     assert with_nan[0] == pytest.approx(0.02) and np.isnan(with_nan[1]) and with_nan[2] == pytest.approx(0.04)
 
 
+def test_holm_collects_garbage_over_a_frozen_heap_and_unfreezes(monkeypatch):
+    """statsmodels' Holm calls gc.collect() (0.1 s a call on the aggregate's heap): the heap
+    is frozen around it, so the collection skips it, and unfrozen afterwards."""
+    import gc
+
+    from finch.report.stats import holm_adjust
+
+    frozen_when_collecting = []
+    monkeypatch.setattr(gc, "collect", lambda *a: frozen_when_collecting.append(gc.get_freeze_count()))
+    assert holm_adjust([0.03, 0.01]) == pytest.approx([0.03, 0.02])
+    assert len(frozen_when_collecting) == 1 and frozen_when_collecting[0] > 0
+    assert gc.get_freeze_count() == 0
+
+
 def test_seeds_needed_against_statsmodels_and_monotone():
     from statsmodels.stats.power import TTestPower
 

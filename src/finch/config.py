@@ -48,6 +48,9 @@ class DataConfig(Strict):
     )
     per_class_train: int | None = Field(300, ge=2, description="null = all images")
     per_class_pretrain: int | None = Field(1000, ge=2, description="null = all images")
+    per_class_test: int | None = Field(
+        None, ge=1, description="at most this many test images per class, the first in the source's order; null = all"
+    )
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="image_folder without a test/ folder only")
     data_seed: int = Field(0, ge=0)

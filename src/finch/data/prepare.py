@@ -76,6 +76,15 @@ def stratified_sample(
     return np.concatenate(train_idx), np.concatenate(val_idx)
 
 
+def first_per_class(labels: np.ndarray, classes: list[int], per_class: int | None) -> np.ndarray:
+    """Indices of the test images of ``classes``: every one (``None``), or the first
+    ``per_class`` of each class in the source's order (no random draw: a smaller test split is
+    a prefix of the full one)."""
+    if per_class is None:
+        return np.flatnonzero(np.isin(labels, classes))
+    return np.sort(np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in classes]))
+
+
 def image_hashes(x: np.ndarray) -> list[str]:
     return [hashlib.sha1(img.tobytes()).hexdigest() for img in x]
 
@@ -105,7 +114,7 @@ def build_task(
 ) -> tuple[dict[str, np.ndarray], dict]:
     """Select one task's splits; labels are remapped to 0..len(classes)-1."""
     train_idx, val_idx = stratified_sample(raw.train_y, classes, per_class, cfg.val_fraction, rng, raw.class_names, key)
-    test_idx = np.flatnonzero(np.isin(raw.test_y, classes))
+    test_idx = first_per_class(raw.test_y, classes, cfg.per_class_test)
     remap = np.full(len(raw.class_names), -1, np.int64)
     remap[classes] = np.arange(len(classes))
     chosen = {
