@@ -162,3 +162,31 @@ def test_resuming_a_finished_run_returns_its_selected_model(toy_task, tmp_path):
     assert again.resumed_from_epoch == 2 and again.history == first.history
     assert again.best_epoch == first.best_epoch
     assert_same(again.model.state_dict(), first.model.state_dict())
+
+
+def test_data_stays_where_it_is_on_the_cpu(toy_task):
+    """Images move to a GPU once per run (``TaskData.on_device``); on the CPU nothing is copied,
+    so a CPU run's batches, and numbers, are what they were."""
+    assert toy_task.on_device(torch.device("cpu")) is toy_task
+
+
+def test_a_stage_with_tracking_off_never_imports_mlflow(tmp_path):
+    """run_stage pre-imports a stage's heavy modules for its start-up timing, but not MLflow when
+    tracking is off: a machine without MLflow (the lent GPU) runs the stages."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"tracking": {"enabled": False}}))
+    code = (
+        "import sys\n"
+        "from finch.pipeline.common import run_stage\n"
+        "def fn(cfg):\n"
+        "    assert 'mlflow' not in sys.modules, 'mlflow imported'\n"
+        "    print('ran')\n"
+        "run_stage('probe', fn, imports=('mlflow', 'json'))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "ran" in out.stdout

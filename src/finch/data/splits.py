@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,6 +10,8 @@ import torch
 
 from finch.errors import DataError
 from finch.io import load_tensors, read_json
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,29 @@ class TaskData:
             return x.to(device).float()
         mean, std = self.normalisation(device)
         return (x.to(device).float() / 255.0 - mean) / std
+
+    def on_device(self, device: torch.device, max_share: float = 0.25) -> TaskData:
+        """This task with its training and validation splits moved to ``device`` once (images stay
+        uint8), so that no batch is copied from the host per step; the test split stays where it
+        is. Unchanged on the CPU, or when the two splits would take more than ``max_share`` of the
+        device's free memory (then batches are copied per step, as on the CPU)."""
+        from dataclasses import replace
+
+        if device.type != "cuda" or self.train.x.device == device:
+            return self
+        size = sum(t.numel() * t.element_size() for s in (self.train, self.val) for t in (s.x, s.y))
+        free, _ = torch.cuda.mem_get_info(device)
+        if size > max_share * free:
+            log.info(
+                "%s: %.0f MiB of training data stay on the host (%.0f MiB free on %s)",
+                self.name,
+                size / 2**20,
+                free / 2**20,
+                device,
+            )
+            return self
+        moved = {s: Split(getattr(self, s).x.to(device), getattr(self, s).y.to(device)) for s in ("train", "val")}
+        return replace(self, **moved)
 
     def normalisation(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-channel mean and std shaped ``[1, C, 1, 1]`` for batches on ``device``."""

@@ -88,7 +88,8 @@ def run_stage(
     try:
         cfg = load_params(params)  # a bad params.yaml fails here, before any heavy import
         for module in imports if imports_when is None or imports_when(cfg) else ():
-            importlib.import_module(module)
+            if module != "mlflow" or cfg.tracking.enabled:  # tracking off: MLflow is never imported
+                importlib.import_module(module)
         started = time.time()
         startup_s = _seconds_since_process_start()
         fn(cfg)

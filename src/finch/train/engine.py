@@ -69,7 +69,7 @@ def validate(model, data: TaskData, recipe: RecipeConfig, device, objective) -> 
     probs, _ = predict_proba(
         model, split, data.to_inputs, recipe.eval_batch_size, device, objective.logits, recipe.channels_last
     )
-    y = split.y.numpy()
+    y = split.y.cpu().numpy()
     p_true = np.clip(probs[np.arange(len(y)), y], 1e-12, 1.0)
     return {"val_loss": float(-np.log(p_true).mean()), "val_accuracy": float((probs.argmax(1) == y).mean())}
 
@@ -215,6 +215,7 @@ def train_one_epoch(state: TrainState, plan: EpochPlan) -> float:
     order = torch.randperm(len(train), generator=state.generator)  # the same on every rank
     if plan.world > 1:
         order = distributed.shard(order)
+    order = order.to(train.x.device)  # images kept on the GPU are gathered there, batch by batch
     # a finiteness check per step is a host sync: free on the CPU, a stall per step on a GPU,
     # where the loss is summed on the device and checked once per epoch instead
     check_each_step = plan.device.type != "cuda"
@@ -292,6 +293,7 @@ def fit(
     model = model.to(device)
     if recipe.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    data = data.on_device(device)  # on a GPU: the images moved once, uint8, not per batch
     forward = distributed.wrap(model, device)  # DDP under torchrun: gradients averaged over ranks
     world = distributed.world_size()
     batch, steps = _batching(len(data.train), recipe.batch_size, world)
