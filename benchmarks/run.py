@@ -1,6 +1,7 @@
 """Run every benchmark side by side and write reports/benchmarks.md (ratios from one run).
 
 Usage (after `dvc repro` of the default profile): python benchmarks/run.py
+After benchmarks/gpu_train.py on a GPU: python benchmarks/run.py --gpu-section (rewrites that part only)
 """
 
 from __future__ import annotations
@@ -57,13 +58,64 @@ def main() -> None:
         "",
         *stage_rows,
         "",
-        "No GPU was available to the session that wrote this; the GPU benchmarks of the cub200 /",
-        "fmnist_gpu profiles are not in it.",
-        "",
+        *gpu_section(),
     ]
     write_text("reports/benchmarks.md", "\n".join(lines))
     print("\n".join(lines))
 
 
+GPU_MARK = "## GPU: Finch's engine vs timm's train step"
+
+
+def gpu_section(folder: Path = Path("reports")) -> list[str]:
+    """The GPU benchmark (benchmarks/gpu_train.py, run on a lent GPU: never here, never in CI),
+    from the JSON files it wrote; a line saying none was run when they are missing."""
+    import json
+
+    plain, ddp = folder / "benchmarks_gpu.json", folder / "benchmarks_gpu_torchrun.json"
+    if not plain.is_file():
+        return [GPU_MARK, "", "Not measured: no GPU was available when this was written.", ""]
+    run = json.loads(plain.read_text())
+    lines = [
+        GPU_MARK,
+        "",
+        f"`python benchmarks/gpu_train.py` on {run['device']} ({run['gpus']} GPU; torch {run['torch']}, "
+        f"timm {run['timm']}): {run['image_size']} px, batch {run['batch']}, {run['precision']}, "
+        f"{run['train_images']} generated CUB-layout training images kept on the GPU as uint8. Images/s are "
+        "medians of interleaved rounds; ratio = Finch / timm (target ≥ 1.0).",
+        "",
+        "| model | deterministic | Finch img/s | timm img/s | ratio | rounds (Finch; timm) |",
+        "|---|---|---:|---:|---:|---|",
+    ]
+    for r in run["rows"]:
+        rounds = "; ".join(", ".join(f"{v:.0f}" for v in r[k]) for k in ("finch_rounds", "timm_rounds"))
+        lines.append(
+            f"| {r['model']} | {'yes' if r['deterministic'] else 'no'} | {r['finch_img_s']:.0f} | "
+            f"{r['timm_img_s']:.0f} | {r['ratio']:.3f} | {rounds} |"
+        )
+    if ddp.is_file():
+        d = json.loads(ddp.read_text())
+        rates = ", ".join(
+            f"{r['model']} {'deterministic' if r['deterministic'] else 'autotuned'} {r['finch_img_s']:.0f} img/s"
+            for r in d["rows"]
+        )
+        lines += [
+            "",
+            f"Under `torchrun --standalone --nproc_per_node=gpu` ({d['gpus']} GPU, so 1 process, world "
+            f"{d['rows'][0]['world']}), Finch's engine alone (benchmarks_gpu_torchrun.json, its own run): {rates}.",
+        ]
+    return lines + [""]
+
+
+def rewrite_gpu_section(path: Path = Path("reports/benchmarks.md")) -> None:
+    """Replace only the GPU section of an existing benchmarks.md (after a run on a lent GPU)."""
+    text = path.read_text()
+    head = text.split(GPU_MARK)[0] if GPU_MARK in text else text.split("No GPU was available")[0]
+    write_text(path, head + "\n".join(gpu_section(path.parent)))
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] == ["--gpu-section"]:
+        rewrite_gpu_section()
+    else:
+        main()

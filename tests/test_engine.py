@@ -170,6 +170,17 @@ def test_data_stays_where_it_is_on_the_cpu(toy_task):
     assert toy_task.on_device(torch.device("cpu")) is toy_task
 
 
+def test_optimizer_on_the_cpu_steps_parameter_by_parameter(toy_task):
+    """foreach=False on the CPU keeps the CPU study's numbers (a foreach step rounds differently);
+    a GPU model gets torch's default (multi-tensor kernels), which this CPU test cannot see."""
+    from finch.config import OptimizerConfig
+
+    model = build_model(TINY_MODEL, toy_task.num_classes, toy_task.in_chans)
+    for name in ("sgd", "adamw"):
+        optimizer = build_optimizer(model, OptimizerConfig(name=name))
+        assert all(group["foreach"] is False for group in optimizer.param_groups), name
+
+
 def test_a_stage_with_tracking_off_never_imports_mlflow(tmp_path):
     """run_stage pre-imports a stage's heavy modules for its start-up timing, but not MLflow when
     tracking is off: a machine without MLflow (the lent GPU) runs the stages."""
