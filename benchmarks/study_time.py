@@ -57,5 +57,7 @@ def stage_table(reports: Path = Path("reports")) -> tuple[list[str], float]:
     return rows, total
 
 
-if __name__ == "__main__":
-    print("\n".join(stage_table()[0]))
+if __name__ == "__main__":  # python benchmarks/study_time.py [REPORTS_FOLDER, e.g. reports/fmnist_gpu]
+    import sys
+
+    print("\n".join(stage_table(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("reports"))[0]))
