@@ -1,9 +1,10 @@
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from scipy import stats
 
-from finch.evaluate import class_key, classification_metrics
+from finch.evaluate import class_key, classification_metrics, expected_calibration_error
 from finch.report.stats import bootstrap_interval, summarize, t_interval
 from finch.report.verify import verify
 
@@ -40,6 +41,42 @@ def test_metrics_against_hand_computed_values():
     assert m["ece"] == pytest.approx(ece, abs=1e-6)
     assert 0.5 < m["auroc_macro"] <= 1.0
     assert "top5_accuracy" not in m
+
+
+@pytest.mark.parametrize("num_classes,n_bins", [(4, 15), (10, 15), (3, 5)])
+def test_calibration_error_is_torchmetrics_to_the_bit(num_classes, n_bins):
+    from torchmetrics.functional.classification import multiclass_calibration_error
+
+    rng = np.random.default_rng(num_classes)
+    logits = rng.normal(scale=3.0, size=(997, num_classes))
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    probs[:5] = np.eye(num_classes)[rng.integers(0, num_classes, 5)]  # confidence exactly 1.0
+    probs[5] = 1.0 / num_classes  # a tie, confidence on a bin boundary where n_bins allows
+    y = rng.integers(0, num_classes, len(probs))
+    ours = expected_calibration_error(probs, y, n_bins)
+    theirs = multiclass_calibration_error(
+        torch.from_numpy(probs).float(), torch.from_numpy(y).long(), num_classes=num_classes, n_bins=n_bins, norm="l1"
+    )
+    assert ours == float(theirs)
+    assert 0.0 < ours < 1.0
+
+
+def test_calibration_error_by_hand():
+    probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.45, 0.55]])
+    y = np.array([0, 1, 1, 0])
+    # 2 bins: [0, .5) empty; [.5, 1]: mean confidence (0.9+0.8+0.7+0.55)/4, accuracy 2/4
+    assert expected_calibration_error(probs, y, 2) == pytest.approx(abs(0.7375 - 0.5), abs=1e-6)
+    # 10 bins: .9 right, .8 wrong, .7 right, .55 wrong, one each
+    assert expected_calibration_error(probs, y, 10) == pytest.approx((0.1 + 0.8 + 0.3 + 0.55) / 4, abs=1e-6)
+
+
+def test_training_processes_do_not_import_torchmetrics():
+    import subprocess
+    import sys
+
+    code = "import sys, finch.study, finch.evaluate; print('torchmetrics' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 def test_top5_only_with_more_than_five_classes():

@@ -100,24 +100,33 @@ class Tracker:
             if not token:
                 return runs
 
-    def logged_runs(self) -> dict:
+    def finch_runs(self) -> list:
+        return self.search("tags.`finch.stage` LIKE '%'")
+
+    @staticmethod
+    def complete_runs(runs: list) -> dict:
         """Run key → run, for completely logged runs (finished, with their key tag)."""
-        runs = {}
-        for run in self.search("tags.`finch.stage` LIKE '%'"):
+        complete = {}
+        for run in runs:
             key = run.data.tags.get(KEY_TAG)
             if key and run.info.status == "FINISHED":
-                runs[key] = run
-        return runs
+                complete[key] = run
+        return complete
+
+    def logged_runs(self) -> dict:
+        """Run key → run, for completely logged runs (finished, with their key tag)."""
+        return self.complete_runs(self.finch_runs())
 
     def logged_keys(self) -> set[str]:
         return set(self.logged_runs())
 
-    def delete_incomplete_runs(self) -> int:
+    def delete_incomplete_runs(self, runs: list | None = None) -> int:
         """Delete Finch runs that were never completely logged (a crash or an unreachable store
         mid-upload: no key tag, or not finished), so a re-log does not show a run twice.
-        Runs still in progress are left alone. Returns how many were deleted."""
+        Runs still in progress are left alone. ``runs``: this experiment's Finch runs if already
+        fetched (:meth:`finch_runs`). Returns how many were deleted."""
         deleted = 0
-        for run in self.search("tags.`finch.stage` LIKE '%'"):
+        for run in self.finch_runs() if runs is None else runs:
             complete = run.data.tags.get(KEY_TAG) and run.info.status == "FINISHED"
             if not complete and run.info.status != "RUNNING":
                 self.client.delete_run(run.info.run_id)
@@ -291,10 +300,11 @@ def sync(
     ``summaries``: dicts with stage, variant, rows (summary rows), member_keys and figures (paths).
     """
     tracker = Tracker(cfg, profile)
-    removed = tracker.delete_incomplete_runs()
+    runs = tracker.finch_runs()  # one search (~1 s on SQLite) serves both
+    removed = tracker.delete_incomplete_runs(runs)
     if removed:
         log.info("MLflow: deleted %d incompletely logged run(s); they are logged again from their records", removed)
-    present = tracker.logged_runs()
+    present = tracker.complete_runs(runs)
     missing = [rec for rec in records if rec.key not in present]
     for rec in missing:
         tracker.log_record(rec)
