@@ -184,3 +184,23 @@ def test_scarce_data_regime_keeps_the_first_images_of_each_class_and_the_other_s
 def test_scarce_data_regime_larger_than_the_training_split_fails_at_load():
     with pytest.raises(ValueError, match="synthetic.real_per_class is 900 .* at most 800"):
         FinchConfig.model_validate({"data": {"per_class_train": 1000}, "synthetic": {"real_per_class": 900}})
+
+
+def test_longer_run_doubles_the_schedule_on_the_fixed_split_without_warnings(toy_task, tmp_path, monkeypatch):
+    """The convergence check: the same variant, its schedule ``factor`` times longer, validation
+    only; a k-fold recipe checks on the fixed validation split (k 0, a KFoldConfig: no pydantic
+    serializer warning when the run's settings are hashed)."""
+    import json
+    import warnings
+
+    from finch.study import longer_run
+
+    monkeypatch.chdir(tmp_path)
+    cfg = FinchConfig(runtime={"progress": False})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        path = longer_run(variant(toy_task, tiny_recipe(epochs=2, kfold={"k": 3})), toy_task, 0, 2.0, cfg, CPU, tmp_path)
+    rec = json.loads(path.read_text())
+    assert (rec["epochs"], rec["regular_epochs"], rec["seed"], rec["factor"]) == (4, 2, 0, 2.0)
+    assert len(rec["history"]) == 4 and rec["validation_images"] == len(toy_task.val)
+    assert rec["best_val_accuracy"] == max(h["val_accuracy"] for h in rec["history"])

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from finch import distributed
-from finch.config import FinchConfig, RecipeConfig, config_hash
+from finch.config import FinchConfig, KFoldConfig, RecipeConfig, config_hash
 from finch.data.splits import TaskData
 from finch.evaluate import HEAD_METRICS, agreement_with, classification_metrics, predict_heads
 from finch.io import save_tensors
@@ -159,9 +159,8 @@ def longer_run(
     its best validation accuracy with the regular run of the same seed."""
     from finch.io import write_json
 
-    recipe = variant.recipe.model_copy(
-        update={"epochs": max(variant.recipe.epochs + 1, round(variant.recipe.epochs * factor)), "kfold": {"k": 0}}
-    )
+    epochs = max(variant.recipe.epochs + 1, round(variant.recipe.epochs * factor))
+    recipe = variant.recipe.model_copy(update={"epochs": epochs, "kfold": KFoldConfig(k=0)})  # a model, not a dict
     settings = run_settings(replace(variant, recipe=recipe), data, cfg, seed)
     key = run_key(variant.stage, variant.name, seed, config_hash({**settings, "recipe": recipe.model_dump()}))
     name = f"{run_name(variant.stage, variant.name, seed)} (x{factor:g} schedule)"
