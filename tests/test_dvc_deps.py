@@ -138,3 +138,27 @@ def test_unneeded_src_dep_is_reported(tmp_path: Path):
     result = dvc_deps.check(REPO, dvc_yaml)["prepare"]
     assert list(result.unneeded) == ["src/finch/gan.py"]  # data/raw is an artefact: allowed
     assert "src/finch/pipeline/prepare.py" in result.missing
+
+
+def test_bytecode_caches_do_not_change_a_directory_dep(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Python writes __pycache__/ beside the code it imports (unless PYTHONDONTWRITEBYTECODE is set);
+    src/finch/train and src/finch/data are directory deps, so without the repository's .dvcignore
+    the first stage that imports them would make every stage look changed to `dvc status`."""
+    from dvc.repo import Repo
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".dvcignore").write_text((REPO / ".dvcignore").read_text())
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "module.py").write_text("X = 1\n")
+    repo = Repo.init(str(tmp_path), no_scm=True)
+    repo.stage.add(name="use", cmd="echo done > out.txt", deps=["code"], outs_no_cache=["out.txt"])
+    repo.reproduce("use")
+    assert repo.status() == {}
+
+    (code / "__pycache__").mkdir()
+    (code / "__pycache__" / "module.cpython-311.pyc").write_bytes(b"bytecode")
+    assert Repo(str(tmp_path)).status() == {}
+
+    (code / "other.py").write_text("Y = 2\n")  # a real change still counts
+    assert "use" in Repo(str(tmp_path)).status()
