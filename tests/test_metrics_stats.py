@@ -329,3 +329,27 @@ def test_seeds_needed_when_scipys_noncentral_t_gives_nan():
     assert seeds_needed([0.1469, 0.1519, 0.1569]) == 2
     assert seeds_needed([-0.031, -0.027, -0.023]) == 3  # effect 6.75: two pairs have power 0.55 only
     assert seeds_needed([0.03, -0.029, 0.001]) > 1000  # a tiny mean against a wide spread
+
+
+def test_power_fallback_is_scipy_stats_definition_to_the_bit():
+    """t_test_power_by_definition calls scipy's special functions directly; the integrand (and so
+    the integral) is the one written with scipy.stats' distributions, to the bit."""
+    import math
+
+    from scipy import integrate, stats
+
+    from finch.report.stats import t_test_power_by_definition
+
+    def reference(effect, nobs, alpha=0.05):
+        df = nobs - 1
+        crit, shift = stats.t.ppf(1 - alpha / 2, df), effect * math.sqrt(nobs)
+
+        def rejects(u):
+            bound = crit * math.sqrt(stats.chi2.ppf(u, df) / df)
+            return stats.norm.sf(bound - shift) + stats.norm.cdf(-bound - shift)
+
+        return float(min(1.0, integrate.quad(rejects, 0, 1)[0]))
+
+    for effect in (0.01, 0.3, 1.0, 2.5, 6.75, 29.0, 300.0):
+        for nobs in (2, 3, 5, 17, 200):
+            assert t_test_power_by_definition(effect, nobs) == reference(effect, nobs), (effect, nobs)

@@ -255,3 +255,29 @@ def test_stage_metrics_file_has_each_variants_mean_over_seeds(tmp_path):
     assert read_json(tmp_path / "metrics" / "train_teacher.json") == out
     empty = write_stage_metrics(tmp_path / "runs", "pretrain", tmp_path / "metrics" / "pretrain.json")
     assert empty == {}  # pretrain.weights: timm trains nothing; the declared file still exists
+
+
+def test_a_training_stage_looks_only_at_its_own_stage_runs(tmp_path, store, monkeypatch):
+    """log_runs_safely (a training stage logging what it trained) searches and cleans up its own
+    stage's runs only; another stage's half-logged run waits for the aggregate's full sync."""
+    tracker = Tracker(store, "test")
+    for stage in ("teacher", "student"):  # a crash mid-upload in each stage
+        broken = tracker.client.create_run(
+            tracker.experiment_id, run_name=f"{stage}/seed=9", tags={"finch.stage": stage}
+        )
+        tracker.client.set_terminated(broken.info.run_id, "FAILED")
+    searches = []
+    original = Tracker.search
+
+    def counted(self, filter_string=""):
+        searches.append(filter_string)
+        return original(self, filter_string)
+
+    monkeypatch.setattr(Tracker, "search", counted)
+    log_runs_safely([fake_record(tmp_path / "runs", 0)], store, "test")
+    monkeypatch.setattr(Tracker, "search", original)
+    assert searches == ["tags.`finch.stage` = 'teacher'"]
+    left = {(r.data.tags["finch.stage"], r.info.status) for r in Tracker(store, "test").search()}
+    assert left == {("teacher", "FINISHED"), ("student", "FAILED")}
+    assert sync(find_records(tmp_path / "runs"), store, "test") == {"logged": 0, "already_present": 1, "summaries": 0}
+    assert {r.data.tags["finch.stage"] for r in Tracker(store, "test").search()} == {"teacher"}

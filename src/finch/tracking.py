@@ -100,8 +100,12 @@ class Tracker:
             if not token:
                 return runs
 
-    def finch_runs(self) -> list:
-        return self.search("tags.`finch.stage` LIKE '%'")
+    def finch_runs(self, stages: list[str] | None = None) -> list:
+        """This experiment's Finch runs; with ``stages``, only theirs (one search each: a training
+        stage that logs its own runs need not load every other stage's)."""
+        if stages is None:
+            return self.search("tags.`finch.stage` LIKE '%'")
+        return [run for stage in stages for run in self.search(f"tags.`finch.stage` = '{stage}'")]
 
     @staticmethod
     def complete_runs(runs: list) -> dict:
@@ -293,14 +297,22 @@ def _log_batches(client, run_id: str, metrics: list, params: list) -> None:
 
 
 def sync(
-    records: list[RunRecord], cfg: TrackingConfig, profile: str, summaries: list[dict] | None = None
+    records: list[RunRecord],
+    cfg: TrackingConfig,
+    profile: str,
+    summaries: list[dict] | None = None,
+    *,
+    own_stages_only: bool = False,
 ) -> dict[str, int]:
     """Log every record (and summary) not yet in MLflow; return what was logged.
 
     ``summaries``: dicts with stage, variant, rows (summary rows), member_keys and figures (paths).
+    ``own_stages_only``: look at (and clean up) only the runs of the records' own stages, not the
+    whole experiment's (a training stage logging what it trained; the aggregate's sync sees all).
     """
     tracker = Tracker(cfg, profile)
-    runs = tracker.finch_runs()  # one search (~1 s on SQLite) serves both
+    # one search serves both (the whole experiment's: ~0.7 s on the smoke's SQLite store)
+    runs = tracker.finch_runs(sorted({rec.stage for rec in records}) if own_stages_only else None)
     removed = tracker.delete_incomplete_runs(runs)
     if removed:
         log.info("MLflow: deleted %d incompletely logged run(s); they are logged again from their records", removed)
@@ -331,7 +343,7 @@ def log_runs_safely(folders: list[Path], cfg: TrackingConfig, profile: str) -> N
     if not cfg.enabled or not folders:  # nothing trained here (or a non-zero torchrun rank)
         return
     try:
-        counts = sync([read_record(f) for f in folders], cfg, profile)
+        counts = sync([read_record(f) for f in folders], cfg, profile, own_stages_only=True)
         log.info("MLflow: logged %d run(s) to %s", counts["logged"], shown_uri(cfg))
     except Exception as err:  # tracking must never cost a finished training run
         log.warning(
