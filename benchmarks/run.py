@@ -17,6 +17,7 @@ import compile as compile_bench  # noqa: E402
 import engine_vs_bare  # noqa: E402
 import parallel_runs  # noqa: E402
 import probe_vs_frozen  # noqa: E402
+import smoke_time  # noqa: E402
 import startup  # noqa: E402
 import study_time  # noqa: E402
 import torch  # noqa: E402
@@ -32,6 +33,7 @@ def main() -> None:
         parallel_runs.measure(),
         compile_bench.measure(),
         startup.measure(),
+        smoke_time.measure(),
     ]
     lines = [
         "# Benchmarks",
