@@ -199,7 +199,9 @@ def test_longer_run_doubles_the_schedule_on_the_fixed_split_without_warnings(toy
     cfg = FinchConfig(runtime={"progress": False})
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        path = longer_run(variant(toy_task, tiny_recipe(epochs=2, kfold={"k": 3})), toy_task, 0, 2.0, cfg, CPU, tmp_path)
+        path = longer_run(
+            variant(toy_task, tiny_recipe(epochs=2, kfold={"k": 3})), toy_task, 0, 2.0, cfg, CPU, tmp_path
+        )
     rec = json.loads(path.read_text())
     assert (rec["epochs"], rec["regular_epochs"], rec["seed"], rec["factor"]) == (4, 2, 0, 2.0)
     assert len(rec["history"]) == 4 and rec["validation_images"] == len(toy_task.val)

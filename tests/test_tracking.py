@@ -281,3 +281,8 @@ def test_a_training_stage_looks_only_at_its_own_stage_runs(tmp_path, store, monk
     assert left == {("teacher", "FINISHED"), ("student", "FAILED")}
     assert sync(find_records(tmp_path / "runs"), store, "test") == {"logged": 0, "already_present": 1, "summaries": 0}
     assert {r.data.tags["finch.stage"] for r in Tracker(store, "test").search()} == {"teacher"}
+
+
+def test_stage_names_in_a_search_filter_must_be_identifiers(store):
+    with pytest.raises(ValueError, match="stage name"):
+        Tracker(store, "test").finch_runs(["teacher' OR '1"])

@@ -105,6 +105,9 @@ class Tracker:
         stage that logs its own runs need not load every other stage's)."""
         if stages is None:
             return self.search("tags.`finch.stage` LIKE '%'")
+        for stage in stages:  # stage names are identifiers; anything else would break the filter's quoting
+            if not re.fullmatch(r"\w+", stage):
+                raise ValueError(f"stage name {stage!r}: expected letters, digits and underscores only")
         return [run for stage in stages for run in self.search(f"tags.`finch.stage` = '{stage}'")]
 
     @staticmethod
