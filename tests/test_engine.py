@@ -108,9 +108,9 @@ def test_non_finite_loss_stops_the_run(toy_task):
 
 
 def test_early_stopping_and_best_epoch_selection(toy_task):
-    result = train(toy_task, tiny_recipe(epochs=30, early_stopping_patience=2, select_on="val_loss"))
+    result = train(toy_task, tiny_recipe(epochs=30, early_stopping_patience=2, select_on="val_accuracy"))
     assert result.stopped_early and len(result.history) < 30
-    best = min(result.history, key=lambda r: r["val_loss"])
+    best = max(result.history, key=lambda r: r["val_accuracy"])  # the first of equals
     assert result.best_epoch == best["epoch"]
     assert len(result.history) == result.best_epoch + 2
 

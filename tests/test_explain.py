@@ -87,7 +87,9 @@ def blob_vit() -> nn.Module:
     torch.manual_seed(0)
     kwargs = {**TINY_VIT, "img_size": 28}
     cfg = StudentConfig(model=ModelConfig(name="deit_tiny_distilled_patch16_224", kwargs=kwargs))
-    return trained_on_blobs(build_student(cfg, "hard", 2, 1))
+    # 200 steps, not the CNN's 60: at 60 the ViT classifies perfectly on some CPUs while its map
+    # still reads neither the square nor its surround for some images (seen on an AVX-512 Xeon)
+    return trained_on_blobs(build_student(cfg, "hard", 2, 1), steps=200)
 
 
 def check_maps(expl: Explanation, n: int, size: int) -> None:
