@@ -157,28 +157,65 @@ def runs_csv(values):
     )
 
 
+SAME = {"fresh_numerics": {"torch 2 | cpu AVX2": 2}, "committed_numerics": {"torch 2 | cpu AVX2": 2}}
+OTHER = {"fresh_numerics": {"torch 2 | cpu AVX512": 5}, "committed_numerics": {"torch 2 | cpu AVX2": 5}}
+
+
 def test_verify_passes_within_tolerance_and_ignores_cost():
     fresh = runs_csv([0.70, 0.71])
     fresh.loc[fresh.kind == "cost", "value"] = 1.0
-    ok, report, table = verify(fresh, runs_csv([0.705, 0.71]), 0.01)
-    assert ok and "reproduce" in report
+    ok, report, table = verify(fresh, runs_csv([0.705, 0.71]), 0.01, **SAME)
+    assert ok and "reproduce" in report and "the same numerics" in report
     assert list(table.columns[:7]) == ["stage", "variant", "seed", "metric", "committed", "fresh", "diff"]
 
 
 def test_verify_fails_with_a_table_of_differences():
-    ok, report, _ = verify(runs_csv([0.70, 0.60]), runs_csv([0.70, 0.71]), 0.01)
+    ok, report, _ = verify(runs_csv([0.70, 0.60]), runs_csv([0.70, 0.71]), 0.01, **SAME)
     assert not ok and "differs" in report and "0.6" in report
-    ok, report, _ = verify(runs_csv([0.70]), runs_csv([0.70, 0.71]), 0.01)
+    ok, report, _ = verify(runs_csv([0.70]), runs_csv([0.70, 0.71]), 0.01, **SAME)
     assert not ok and "missing in fresh run" in report
 
 
 def test_verify_fails_when_a_fresh_mean_leaves_the_committed_interval():
     committed = runs_csv([0.700, 0.702, 0.701, 0.699, 0.700])
     # every run moves by 0.009: within the per-run tolerance, but the mean leaves the narrow interval
-    ok, report, _ = verify(runs_csv([0.709, 0.711, 0.710, 0.708, 0.709]), committed, 0.01)
+    ok, report, _ = verify(runs_csv([0.709, 0.711, 0.710, 0.708, 0.709]), committed, 0.01, **SAME)
     assert not ok and "outside the committed 95% interval" in report
-    ok, _, _ = verify(runs_csv([0.700, 0.702, 0.701, 0.699, 0.700]), committed, 0.01)
+    ok, _, _ = verify(runs_csv([0.700, 0.702, 0.701, 0.699, 0.700]), committed, 0.01, **SAME)
     assert ok
+
+
+def test_verify_across_numerics_accepts_seed_noise_and_fails_a_real_shift():
+    committed = runs_csv([0.700, 0.715, 0.690, 0.705, 0.695])
+    rerun = runs_csv([0.690, 0.720, 0.700, 0.685, 0.712])  # each run elsewhere, as under another seed
+    ok, report, _ = verify(rerun, committed, 0.01, **SAME)
+    assert not ok and "differs" in report  # on the same numerics this would be a failure
+    ok, report, table = verify(rerun, committed, 0.01, **OTHER)
+    assert ok and "OK within seed noise" in report and "cpu AVX512 (5 runs)" in report
+    assert table["diff"].max() > 0.01  # the run metrics are listed all the same
+    ok, report, _ = verify(runs_csv([0.600, 0.615, 0.590, 0.605, 0.595]), committed, 0.01, **OTHER)
+    assert not ok and "shift beyond seed noise" in report
+
+
+def test_verify_without_recorded_numerics_tests_against_seed_noise():
+    committed = runs_csv([0.700, 0.715, 0.690])
+    ok, report, _ = verify(runs_csv([0.690, 0.720, 0.700]), committed, 0.01)
+    assert ok and "not recorded" in report and "Welch" in report
+    ok, report, _ = verify(runs_csv([0.70]), committed, 0.01)
+    assert not ok and "missing in fresh run" in report  # runs that did not run are never noise
+    one_seed = verify(runs_csv([0.80]), runs_csv([0.70]), 0.01, **OTHER)
+    assert one_seed[0] and "1 untested (one seed)" in one_seed[1]
+    missing = verify(runs_csv([0.70, 0.71]).iloc[2:], runs_csv([0.70, 0.71]), 0.01, **OTHER)
+    assert not missing[0] and "missing in fresh run" in missing[1]
+
+
+def test_numerics_summary_counts_runs_per_numerics():
+    from types import SimpleNamespace
+
+    from finch.report.verify import numerics_summary
+
+    records = [SimpleNamespace(tags={"finch.numerics": n}) for n in ("b", "a", "b")] + [SimpleNamespace(tags={})]
+    assert numerics_summary(records) == {"a": 1, "b": 2, "unknown": 1}
 
 
 def test_paired_differences_pair_by_seed():

@@ -180,6 +180,7 @@ def test_run_tags_name_the_dvc_experiment_only_under_dvc_exp_run(monkeypatch):
         settings={"lr": 0.1},
         profile="test",
         device="cpu",
+        numerics="test numerics",
         metrics={},
         cost={},
     )

@@ -45,7 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("name")
     sub.add_parser("sync", help="log every run record missing from MLflow")
     v = sub.add_parser("verify", help="compare reports/runs.csv with the committed one")
-    v.add_argument("--reference", help="a runs.csv to compare with (default: git HEAD's)")
+    v.add_argument(
+        "--reference",
+        help="a runs.csv to compare with (default: git HEAD's); a numerics.json beside it says how strictly",
+    )
     sub.add_parser("check", help="validate params.yaml")
     sub.add_parser("readme", help="copy reports/headline.md (written by the aggregate stage) into README.md")
     args = parser.parse_args(argv)
@@ -86,14 +89,30 @@ def _readme() -> None:
 def _verify(reference: str | None) -> int:
     import pandas as pd
 
-    from finch.report.verify import committed_table, verify
+    from finch.io import read_json
+    from finch.report.verify import committed_numerics, committed_table, verify
 
     cfg = load_params()
     committed = pd.read_csv(reference) if reference else committed_table()
+    # a reference file's numerics.json is the one beside it, if any
+    reference_numerics = Path(reference).with_name("numerics.json") if reference else None
+    if reference_numerics is None:
+        numerics = committed_numerics()
+    else:
+        numerics = read_json(reference_numerics) if reference_numerics.is_file() else None
     fresh_path = Path("reports/runs.csv")
     if not fresh_path.is_file():
         raise FileNotFoundError(f"{fresh_path}: missing; run `dvc repro` first")
-    ok, report, table = verify(pd.read_csv(fresh_path), committed, cfg.verify.abs_tolerance, cfg.aggregate.confidence)
+    fresh_numerics_path = Path("reports/numerics.json")
+    fresh_numerics = read_json(fresh_numerics_path) if fresh_numerics_path.is_file() else None
+    ok, report, table = verify(
+        pd.read_csv(fresh_path),
+        committed,
+        cfg.verify.abs_tolerance,
+        cfg.aggregate.confidence,
+        fresh_numerics=fresh_numerics,
+        committed_numerics=numerics,
+    )
     print(report)
     out = Path(".finch/verify.csv")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import struct
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -107,12 +108,44 @@ def save_tensors(dest: Path | str, tensors: dict, metadata: dict | None = None) 
         from safetensors.numpy import save_file
 
         arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
-        write_with(dest, lambda tmp: save_file(arrays, str(tmp), metadata=meta))
-        return
-    from safetensors.torch import save_file
+        saver = lambda tmp: save_file(arrays, str(tmp), metadata=meta)  # noqa: E731
+    else:
+        from safetensors.torch import save_file
 
-    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    write_with(dest, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+        tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+        saver = lambda tmp: save_file(tensors, str(tmp), metadata=meta)  # noqa: E731
+
+    def write(tmp: Path) -> None:
+        saver(tmp)
+        sort_safetensors_metadata(tmp)
+
+    write_with(dest, write)
+
+
+def sort_safetensors_metadata(path: Path | str) -> None:
+    """Rewrite a safetensors header in place with its ``__metadata__`` keys sorted.
+
+    safetensors keeps the metadata in a hash map whose order changes from process to process
+    (safetensors#584), so the same tensors and metadata would give different bytes on every run,
+    and every hash of the file (DVC's, Finch's run keys) would change with them. The header is
+    re-serialised the way safetensors writes it (compact JSON, UTF-8, space-padded to its old
+    length); where that would not give the same JSON content in the same length, the file is
+    left as it was.
+    """
+    with open(path, "r+b") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        raw = f.read(length)
+        header = json.loads(raw)
+        metadata = header.get("__metadata__")
+        if not isinstance(metadata, dict) or len(metadata) < 2:
+            return
+        ordered = {"__metadata__": dict(sorted(metadata.items()))}
+        ordered.update((k, v) for k, v in header.items() if k != "__metadata__")
+        text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) != len(raw.rstrip(b" ")) or json.loads(text) != header:
+            return
+        f.seek(8)
+        f.write(text.ljust(length, b" "))
 
 
 def load_tensors(path: Path | str) -> dict:

@@ -131,11 +131,14 @@ class RunRecord(BaseModel):
         settings: dict,
         profile: str,
         device: str,
+        numerics: str,
         world_size: int = 1,
         **fields: Any,
     ) -> RunRecord:
         """The record of a run defined by ``settings`` (hashed into its key); tags and names
-        follow from the identity. ``fields``: metrics, cost and the kind's own fields."""
+        follow from the identity. ``numerics``: what decides its float rounding besides the
+        settings (:func:`finch.train.runtime.numerics`). ``fields``: metrics, cost and the kind's
+        own fields."""
         from finch.config import config_hash, flatten
 
         params_hash = config_hash(settings)
@@ -149,6 +152,7 @@ class RunRecord(BaseModel):
                 "finch.params_hash": params_hash,
                 "finch.run_key": key,
                 "finch.device": device,
+                "finch.numerics": numerics,
                 "finch.world_size": str(world_size),
                 "finch.kind": str(kind),
             },

@@ -26,7 +26,7 @@ from finch.models import parameter_counts
 from finch.runs import RunKind, RunRecord, run_key, run_name
 from finch.train.engine import FitResult, fit
 from finch.train.losses import Objective
-from finch.train.runtime import seed_everything
+from finch.train.runtime import numerics, seed_everything
 
 log = logging.getLogger(__name__)
 CHECKPOINT_ROOT = Path(".finch/checkpoints")
@@ -121,6 +121,7 @@ def train_run(
         settings=settings,
         profile=cfg.profile,
         device=str(device),
+        numerics=numerics(device.type),
         world_size=distributed.world_size(),
         metrics=metrics,
         cost={

@@ -19,7 +19,7 @@ def train_gan(cfg: FinchConfig) -> None:
     from finch.io import save_tensors
     from finch.runs import RunKind, RunRecord, write_stage_metrics
     from finch.tracking import log_runs_safely
-    from finch.train.runtime import configure
+    from finch.train.runtime import configure, numerics
 
     device = configure(cfg.runtime)
     data = first_per_class(load_task(PREPARED, "target"), cfg.synthetic.real_per_class)
@@ -36,6 +36,7 @@ def train_gan(cfg: FinchConfig) -> None:
         settings=settings,
         profile=cfg.profile,
         device=str(device),
+        numerics=numerics(device.type),
         metrics={
             "final_d_loss": last["d_loss"],
             "final_g_loss": last["g_loss"],

@@ -22,6 +22,7 @@ from finch.report.plots import write_plot_data
 from finch.report.stats import summarize
 from finch.report.studies import Study, stage_order, study
 from finch.report.tables import runs_table, summary_json
+from finch.report.verify import numerics_summary
 from finch.runs import RunKind, RunRecord
 
 __all__ = ["Report", "build_report", "runs_table", "summary_json", "write_reports"]
@@ -159,7 +160,7 @@ def write_reports(
     quality_path: Path | None = None,
     floors_path: Path | None = None,
 ) -> pd.DataFrame:
-    """Write runs.csv, summary.json/.csv, comparisons.csv, plots/, figures/ and results.md under
+    """Write runs.csv, numerics.json, summary.json/.csv, comparisons.csv, plots/, figures/ and results.md under
     ``out``; return the summary (one row per stage, variant and metric).
 
     ``card_path``: the prepare stage's data card (the Data section; skipped when missing).
@@ -171,6 +172,7 @@ def write_reports(
     out = Path(out)
     table = runs_table(records)
     _write_csv(out / "runs.csv", table)
+    write_json(out / "numerics.json", numerics_summary(records))  # how strictly `finch verify` compares
     summary = summarize(table, cfg.confidence, cfg.bootstrap_resamples, cfg.bootstrap_seed)
     floors_doc = read_json(floors_path) if floors_path and Path(floors_path).is_file() else {}
     floors, floors_by_stage = tables.floor_sets(floors_doc)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
+import platform
 import random
 
 import numpy as np
@@ -33,6 +36,32 @@ def configure(cfg: RuntimeConfig) -> torch.device:
     if distributed.initialise(device.type) and device.type == "cuda":  # under torchrun: this rank's GPU
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return device
+
+
+@functools.cache
+def numerics(device_type: str) -> str:
+    """What decides a run's float rounding besides its settings, seed and thread count: the torch
+    build and the kernels it picks for this processor (its vector width and instruction sets) or
+    GPU. Runs with the same string give the same numbers; across strings, training diverges the
+    way a different seed does (`finch verify` then checks the study statistically)."""
+    parts = [f"torch {torch.__version__}"]
+    if device_type == "cuda":
+        props = torch.cuda.get_device_properties(0)
+        parts += [props.name, f"sm {props.major}.{props.minor}", f"cudnn {torch.backends.cudnn.version()}"]
+    else:
+        model, flags = platform.machine(), ""
+        try:
+            for line in open("/proc/cpuinfo"):
+                if line.startswith("model name") and model == platform.machine():
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith(("flags", "Features")):
+                    flags = " ".join(sorted(line.split(":", 1)[1].split()))
+                    break
+        except OSError:  # not Linux: the model from platform, no flag list
+            model = platform.processor() or model
+        flags_hash = hashlib.sha256(flags.encode()).hexdigest()[:8] if flags else "unknown"
+        parts += [f"cpu {torch.backends.cpu.get_cpu_capability()}", model, f"flags {flags_hash}"]
+    return " | ".join(parts)
 
 
 def seed_everything(seed: int) -> torch.Generator:
