@@ -84,8 +84,8 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
     victim.wait(timeout=60)
     assert victim.returncode == -signal.SIGKILL
     assert not (tmp_path / "killed" / "runs" / "toy" / "kill" / "seed=0" / "record.json").exists()
-    assert checkpoint.exists()  # kept for the rerun; no temp files left beside it
-    assert [p.name for p in checkpoint.parent.iterdir()] == [checkpoint.name]
+    assert checkpoint.exists()  # kept for the rerun, whole (a kill mid-write leaves only a temp file)
+    assert all(p.name.startswith(f".{checkpoint.name}.") for p in checkpoint.parent.iterdir() if p != checkpoint)
 
     resumed = start(tmp_path / "killed")
     out, err = resumed.communicate(timeout=600)
@@ -97,3 +97,16 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
     assert rec_resumed["best_epoch"] == rec_clean["best_epoch"]
     drop_time = lambda text: [",".join(line.split(",")[:-1]) for line in text.splitlines()]  # noqa: E731
     assert drop_time(hist_resumed) == drop_time(hist_clean)  # every epoch's loss, accuracy and lr
+
+
+def test_a_temp_file_left_by_a_killed_checkpoint_write_is_removed_by_the_next(tmp_path):
+    from finch.train.checkpoint import load_resume_state, save_resume_state
+
+    checkpoint = tmp_path / "seed=0.pt"
+    stale = tmp_path / ".seed=0.pt.abc123.tmp"  # what write_with leaves when killed mid-write
+    other = tmp_path / ".seed=0-longer.pt.def456.tmp"  # another run's, still being written
+    stale.write_bytes(b"half a checkpoint")
+    other.write_bytes(b"in progress")
+    save_resume_state(checkpoint, {"epoch": 3}, "run")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([checkpoint.name, other.name])
+    assert load_resume_state(checkpoint, "run")["epoch"] == 3

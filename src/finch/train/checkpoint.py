@@ -17,7 +17,14 @@ log = logging.getLogger(__name__)
 
 
 def save_resume_state(path: Path, state: dict, fingerprint: str) -> None:
-    """Write ``state`` (tensors and plain data only) with the ``fingerprint`` of its run."""
+    """Write ``state`` (tensors and plain data only) with the ``fingerprint`` of its run.
+
+    A run killed (SIGKILL, power loss) while writing leaves its temporary file behind, beside an
+    intact earlier checkpoint; the next write of the same checkpoint removes it.
+    """
+    path = Path(path)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # write_with's temporary names for this path
+        stale.unlink(missing_ok=True)
     write_with(path, lambda tmp: torch.save({"fingerprint": fingerprint, **state}, tmp))
 
 
