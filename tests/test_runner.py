@@ -128,3 +128,15 @@ def test_a_stage_with_nothing_to_train_skips_the_heavy_imports_and_still_writes_
     assert json.loads((tmp_path / "reports/metrics/ablation.json").read_text()) == {}
     timing = json.loads((tmp_path / "reports/timing/ablation.json").read_text())
     assert timing["stage"] == "ablation" and timing["wall_s"] >= timing["startup_s"] > 0
+
+
+def test_numerics_names_the_torch_build_and_the_processor_kernels():
+    import re
+
+    import torch
+
+    from finch.train.runtime import numerics
+
+    text = numerics("cpu")
+    assert text.startswith(f"torch {torch.__version__} | cpu {torch.backends.cpu.get_cpu_capability()} | ")
+    assert re.search(r" \| flags ([0-9a-f]{8}|unknown)$", text), text

@@ -7,6 +7,7 @@ import hashlib
 import os
 import platform
 import random
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -49,16 +50,13 @@ def numerics(device_type: str) -> str:
         props = torch.cuda.get_device_properties(0)
         parts += [props.name, f"sm {props.major}.{props.minor}", f"cudnn {torch.backends.cudnn.version()}"]
     else:
-        model, flags = platform.machine(), ""
         try:
-            for line in open("/proc/cpuinfo"):
-                if line.startswith("model name") and model == platform.machine():
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith(("flags", "Features")):
-                    flags = " ".join(sorted(line.split(":", 1)[1].split()))
-                    break
+            cpuinfo = dict(line.split(":", 1) for line in Path("/proc/cpuinfo").read_text().splitlines() if ":" in line)
         except OSError:  # not Linux: the model from platform, no flag list
-            model = platform.processor() or model
+            cpuinfo = {}
+        info = {key.strip(): value.strip() for key, value in cpuinfo.items()}  # the last processor's (all alike)
+        model = info.get("model name") or platform.processor() or platform.machine()
+        flags = " ".join(sorted((info.get("flags") or info.get("Features") or "").split()))
         flags_hash = hashlib.sha256(flags.encode()).hexdigest()[:8] if flags else "unknown"
         parts += [f"cpu {torch.backends.cpu.get_cpu_capability()}", model, f"flags {flags_hash}"]
     return " | ".join(parts)
