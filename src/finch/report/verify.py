@@ -27,12 +27,16 @@ import pandas as pd
 KEYS = ["stage", "variant", "seed", "metric"]
 
 
-def committed_table(path: str = "reports/runs.csv", rev: str = "HEAD") -> pd.DataFrame:
+def _committed_text(path: str, rev: str) -> str:
+    """``path`` as committed at ``rev``; FileNotFoundError naming both where git has none."""
     try:
-        text = subprocess.run(["git", "show", f"{rev}:{path}"], capture_output=True, text=True, check=True).stdout
+        return subprocess.run(["git", "show", f"{rev}:{path}"], capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError) as err:
         raise FileNotFoundError(f"cannot read {path} at git revision {rev} ({err}); commit reports/ first") from None
-    return pd.read_csv(io.StringIO(text))
+
+
+def committed_table(path: str = "reports/runs.csv", rev: str = "HEAD") -> pd.DataFrame:
+    return pd.read_csv(io.StringIO(_committed_text(path, rev)))
 
 
 def numerics_summary(records) -> dict[str, int]:
@@ -47,10 +51,9 @@ def numerics_summary(records) -> dict[str, int]:
 def committed_numerics(path: str = "reports/numerics.json", rev: str = "HEAD") -> dict[str, int] | None:
     """The committed numerics.json, or None where the revision has none (reports from before it)."""
     try:
-        text = subprocess.run(["git", "show", f"{rev}:{path}"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
+        return json.loads(_committed_text(path, rev))
+    except FileNotFoundError:
         return None
-    return json.loads(text)
 
 
 def compare(fresh: pd.DataFrame, committed: pd.DataFrame, abs_tolerance: float) -> pd.DataFrame:
