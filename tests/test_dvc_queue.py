@@ -5,7 +5,9 @@ store of the main workspace, none lost; `dvc exp show` lists both."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -22,6 +24,7 @@ SEEDS = [0]
 RECORD = "reports/runs/teacher/default/seed=0/record.json"
 TIMEOUT_S = 900
 PENDING = {"Queued", "Running"}
+CELERY = ".dvc/tmp/exps/celery"  # the queue workers' pid files and logs
 
 
 def queue_status(repo: Path, env: dict) -> dict[str, str]:
@@ -33,6 +36,44 @@ def queue_status(repo: Path, env: dict) -> dict[str, str]:
         if len(fields) >= 2 and fields[1] in LRS:
             status[fields[1]] = fields[-1]
     return status
+
+
+def start_queue(repo: Path, env: dict, log: Path) -> None:
+    """`dvc queue start -j 2`, its output to ``log``. Not to a pipe: the daemon that starts the
+    workers inherits this call's stdout and stderr and lives as long as they do, so reading a pipe
+    to its end waits for every worker to exit, and a worker that hangs in its own shutdown (seen:
+    "monitor: shutting down due to empty queue", then nothing) would hang the test past its timeout."""
+    with log.open("w") as out:
+        done = subprocess.run(
+            ["dvc", "queue", "start", "-j", "2"], cwd=repo, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=120
+        )
+    assert done.returncode == 0, log.read_text()[-3000:]
+
+
+def worker_pids(repo: Path) -> list[int]:
+    """The queue's celery workers still alive (their pid files, checked against /proc)."""
+    alive = []
+    for pid_file in sorted((repo / CELERY).glob("dvc-exp-worker-*.pid")):
+        pid = int(pid_file.read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline")
+        if cmdline.exists() and b"queue-worker" in cmdline.read_bytes():
+            alive.append(pid)
+    return alive
+
+
+def stop_workers(repo: Path, grace_s: float = 30) -> None:
+    """After `dvc queue stop`: give the workers ``grace_s`` to exit, then kill what is left, so
+    no worker outlives the test."""
+    deadline = time.monotonic() + grace_s
+    while worker_pids(repo) and time.monotonic() < deadline:
+        time.sleep(1)
+    for pid in worker_pids(repo):
+        os.kill(pid, signal.SIGKILL)
+
+
+def worker_logs(repo: Path, tail: int = 2000) -> str:
+    """The end of each celery worker's own log, where DVC says why a worker died or hangs."""
+    return "\n".join(f"--- {p.name}\n{p.read_text()[-tail:]}" for p in sorted((repo / CELERY).glob("*.out")))
 
 
 @pytest.fixture(scope="module")
@@ -71,17 +112,18 @@ def queued(tmp_path_factory):
             env,
         )
     started = time.monotonic()
-    run(["dvc", "queue", "start", "-j", "2"], repo, env)
+    start_queue(repo, env, tmp_path_factory.mktemp("queue-start") / "out.log")
     try:
         while True:
             status = queue_status(repo, env)
             if set(status) == set(LRS) and not set(status.values()) & PENDING:
                 break
             if time.monotonic() - started > TIMEOUT_S:
-                pytest.fail(f"queued experiments not done after {TIMEOUT_S} s: {status}")
+                pytest.fail(f"queued experiments not done after {TIMEOUT_S} s: {status}\n{worker_logs(repo)}")
             time.sleep(5)
     finally:
-        subprocess.run(["dvc", "queue", "stop"], cwd=repo, env=env, capture_output=True)
+        subprocess.run(["dvc", "queue", "stop"], cwd=repo, env=env, capture_output=True, timeout=120)
+        stop_workers(repo)
     logs = {
         name: subprocess.run(["dvc", "queue", "logs", name], cwd=repo, env=env, capture_output=True, text=True).stdout
         for name in LRS
