@@ -202,6 +202,7 @@ def test_write_reports_writes_the_figures_the_page_names(tmp_path: Path):
     records = [r for r in _records() if r.stage in ("teacher", "gan")]
     write_reports(records, tmp_path / "no-card.json", tmp_path, CFG)
     text = (tmp_path / "results.md").read_text()
+    assert "\nTrained under `test numerics` (4 runs). Runs under the same numerics" in text  # which machine
     for name in ("teacher_confusion.png", "teacher_curves.png", "forest_accuracy.png"):
         assert f"figures/{name}" in text and (tmp_path / "figures" / name).is_file()
     assert figures.variant_figures(tmp_path / "figures", "teacher", "default") == [

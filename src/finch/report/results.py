@@ -71,6 +71,7 @@ class Report:
     forest: dict[str, pd.DataFrame]
     headline_metrics: list[str]
     confidence: float
+    numerics: dict[str, int]  # what the runs were trained under (torch build, CPU kernels or GPU) → run count
 
 
 def _variant_section(stage: str, variant: str, recs: list[RunRecord], summary, cfg) -> VariantSection:
@@ -145,6 +146,7 @@ def build_report(
         forest=forest_tables,
         headline_metrics=list(cfg.headline_metrics),
         confidence=cfg.confidence,
+        numerics=numerics_summary(records),
     )
 
 
