@@ -6,6 +6,11 @@ process with all the threads. Measured with the engine itself (``fit``'s train i
 excludes validation): one process with ``cores`` threads, then ``cores`` processes with one
 thread each at the same time (spawned, as the runner does), same model, data and recipe.
 Ratio = median summed img/s side by side / median img/s of the one process (target ≥ 1.3).
+
+Also one process with one thread alone, which splits the ratio into its two causes:
+ratio = cores × (a worker's speed beside the others / alone) / (the one process's gain from its
+extra threads). The first says what running side by side costs each run (memory bandwidth, shared
+caches); the second how well torch uses more threads for one run of these models on this CPU.
 """
 
 from __future__ import annotations
@@ -64,15 +69,18 @@ def measure(epochs: int = 3, rounds: int = 3) -> dict:
     cores = max(2, min(os.cpu_count() or 2, cfg.runtime.workers * cfg.runtime.threads))
     details, ratios = [], []
     for kind in ("teacher", "student"):
-        ones, manys = [], []
+        ones, manys, alones = [], [], []
         for _ in range(rounds):
             ones.append(side_by_side(kind, 1, cores, epochs))
             manys.append(side_by_side(kind, cores, 1, epochs))
-        one, many = statistics.median(ones), statistics.median(manys)
+            alones.append(side_by_side(kind, 1, 1, epochs))
+        one, many, alone = statistics.median(ones), statistics.median(manys), statistics.median(alones)
         ratios.append(many / one)
         details.append(
             f"{kind}: 1 x {cores} threads {one:.0f} img/s, {cores} x 1 thread {many:.0f} img/s "
-            f"(medians of {', '.join(f'{v:.0f}' for v in ones)} and {', '.join(f'{v:.0f}' for v in manys)})"
+            f"(medians of {', '.join(f'{v:.0f}' for v in ones)} and {', '.join(f'{v:.0f}' for v in manys)}); "
+            f"1 x 1 thread alone {alone:.0f} img/s, so each worker runs at {many / cores / alone:.0%} of its "
+            f"speed alone and one process gains {one / alone:.2f}x from {cores} threads"
         )
     ratio = min(ratios)
     return {
