@@ -24,24 +24,22 @@ def _run(model_kind: str, compiled: bool, epochs: int, seed: int = 0) -> dict:
 
     import torch
 
-    # a cold compile, as a user's first run pays it: inductor's on-disk caches (kernels, FX graphs)
-    # from an earlier measurement would hide most of the compile time
-    cache = tempfile.TemporaryDirectory(prefix="finch-inductor-")
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache.name
-
     from finch.config import load_params
     from finch.train.engine import fit
 
     model, recipe, objective, data = workload(model_kind, load_params().runtime.threads, seed)
     study_epochs = recipe.epochs
     recipe = recipe.model_copy(update={"epochs": epochs})
-    if compiled:
-        model.compile()
-    start = time.perf_counter()
-    result = fit(model, data, recipe, seed=seed, device=torch.device("cpu"), objective=objective, progress=False)
-    wall = time.perf_counter() - start
+    # a cold compile, as a user's first run pays it: inductor's on-disk caches (kernels, FX graphs)
+    # from an earlier measurement would hide most of the compile time
+    with tempfile.TemporaryDirectory(prefix="finch-inductor-") as cache:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
+        if compiled:
+            model.compile()
+        start = time.perf_counter()
+        result = fit(model, data, recipe, seed=seed, device=torch.device("cpu"), objective=objective, progress=False)
+        wall = time.perf_counter() - start
     epoch_s = [row["epoch_time_s"] for row in result.history if "epoch_time_s" in row]
-    cache.cleanup()
     return {"wall": wall, "epoch_s": epoch_s, "study_epochs": study_epochs}
 
 

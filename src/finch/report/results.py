@@ -174,7 +174,6 @@ def write_reports(
     out = Path(out)
     table = runs_table(records)
     _write_csv(out / "runs.csv", table)
-    write_json(out / "numerics.json", numerics_summary(records))  # how strictly `finch verify` compares
     summary = summarize(table, cfg.confidence, cfg.bootstrap_resamples, cfg.bootstrap_seed)
     floors_doc = read_json(floors_path) if floors_path and Path(floors_path).is_file() else {}
     floors, floors_by_stage = tables.floor_sets(floors_doc)
@@ -193,6 +192,7 @@ def write_reports(
     card = read_json(card_path) if Path(card_path).is_file() else None
     quality = read_json(quality_path) if quality_path and Path(quality_path).is_file() else None
     report = build_report(records, summary, families, cfg, card, quality, floors, convergence, floors_by_stage)
+    write_json(out / "numerics.json", report.numerics)  # how strictly `finch verify` compares
     figures.write_figures(report, out / "figures")
     write_text(out / "results.md", render_results(report))
     return summary
