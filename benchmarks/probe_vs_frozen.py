@@ -13,7 +13,7 @@ import statistics
 from finch.config import load_params
 from finch.data.splits import load_task
 from finch.io import load_tensors
-from finch.pipeline.common import BACKBONE, FEATURES, PREPARED
+from finch.pipeline.paths import BACKBONE, FEATURES, PREPARED
 from finch.train.engine import fit
 from finch.train.runtime import configure, seed_everything
 from finch.transfer import build_network, feature_task, probe_head

@@ -33,11 +33,11 @@ from pathlib import Path
 
 REPORTS = Path("reports")
 OUT = REPORTS / "convergence_map"
-PLANS = {  # a record's stage → the pipeline module whose plan builds it
-    "teacher": "teacher",
-    "student": "student",
+PLANS = {  # a record's stage → the pipeline module (DVC stage) whose plan builds it
+    "teacher": "train_teacher",
+    "student": "train_student",
     "finetune": "finetune",
-    "augmented": "augmented",
+    "augmented": "train_augmented",
     "ablation": "ablation",
 }
 

@@ -1,7 +1,7 @@
 """DVC stage `generate`: labelled synthetic images, their grid and their quality."""
 
-from finch.pipeline.common import run_stage
-from finch.pipeline.gan import generate
+from finch.pipeline import generate
+from finch.pipeline.entry import run_stage
 
 if __name__ == "__main__":
-    run_stage("generate", generate, imports=("torch", "timm", "mlflow", "finch.study"))
+    run_stage(generate)

@@ -1,7 +1,7 @@
 """DVC stage `prepare`: sample and check the target and source tasks → data/prepared/."""
 
-from finch.pipeline.common import run_stage
-from finch.pipeline.prepare import prepare
+from finch.pipeline import prepare
+from finch.pipeline.entry import run_stage
 
 if __name__ == "__main__":
-    run_stage("prepare", prepare)
+    run_stage(prepare)

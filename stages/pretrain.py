@@ -1,7 +1,7 @@
 """DVC stage `pretrain`: the CNN backbone from the source classes (or timm's weights)."""
 
-from finch.pipeline.common import run_stage
-from finch.pipeline.pretrain import pretrain
+from finch.pipeline import pretrain
+from finch.pipeline.entry import run_stage
 
 if __name__ == "__main__":
-    run_stage("pretrain", pretrain, imports=("torch", "timm", "mlflow", "finch.study"))
+    run_stage(pretrain)

@@ -50,7 +50,7 @@ def test_closure_follows_function_local_and_string_imports():
     assert "stages/train_teacher.py" in needed
     assert "src/finch/data/splits.py" in needed  # imported inside train_teacher()
     assert "src/finch/__init__.py" in needed and "src/finch/pipeline/__init__.py" in needed
-    assert "src/finch/study.py" in needed  # run_stage(..., imports=("finch.study",))
+    assert "src/finch/study.py" in needed  # via finch.pipeline.training → finch.runner
 
 
 def test_closure_counts_from_package_import_submodule(tmp_path: Path):

@@ -190,13 +190,18 @@ def test_a_stage_with_tracking_off_never_imports_mlflow(tmp_path):
     import yaml
 
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"tracking": {"enabled": False}}))
-    code = (
-        "import sys\n"
-        "from finch.pipeline.common import run_stage\n"
-        "def fn(cfg):\n"
+    code = (  # a stage whose row imports MLflow at start-up (train_teacher's), with tracking off
+        "import sys, types\n"
+        "from finch.pipeline.entry import run_stage\n"
+        "from finch.pipeline.table import STAGES\n"
+        "assert 'mlflow' in STAGES['train_teacher'].imports\n"
+        "def run(cfg):\n"
+        "    assert 'timm' in sys.modules, 'the row\\'s other imports were not made'\n"
         "    assert 'mlflow' not in sys.modules, 'mlflow imported'\n"
         "    print('ran')\n"
-        "run_stage('probe', fn, imports=('mlflow', 'json'))\n"
+        "stage = types.ModuleType('finch.pipeline.train_teacher')\n"
+        "stage.run = run\n"
+        "run_stage(stage)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

@@ -292,7 +292,8 @@ def workspace(tmp_path, monkeypatch):
 
 
 def test_explain_stage_writes_figure_summaries_and_one_mlflow_run(workspace):
-    from finch.pipeline.explain import artifacts_key, explain
+    from finch.pipeline.explain import artifacts_key
+    from finch.pipeline.explain import run as explain
     from finch.tracking import KEY_TAG, Tracker
 
     cfg = stage_config()
@@ -327,7 +328,7 @@ def test_explain_stage_writes_figure_summaries_and_one_mlflow_run(workspace):
 
 def test_explain_stage_survives_tracking_failure_and_respects_disabled(workspace, monkeypatch, caplog):
     import finch.tracking
-    from finch.pipeline.explain import explain
+    from finch.pipeline.explain import run as explain
 
     def unreachable(*args, **kwargs):
         raise ConnectionError("store down")
@@ -350,7 +351,7 @@ def test_explain_stage_survives_tracking_failure_and_respects_disabled(workspace
 
 def test_explain_stage_names_an_untrained_variant_or_seed(workspace):
     from finch.errors import ConfigError
-    from finch.pipeline.explain import explain
+    from finch.pipeline.explain import run as explain
 
     with pytest.raises(ConfigError, match="student_variant 'soft' is not trained"):
         explain(stage_config(student_variant="soft"))

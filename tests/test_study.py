@@ -97,7 +97,7 @@ def test_cas_and_its_real_reference_start_from_random_weights(toy_task, tmp_path
     initialisation; its reference (`real_scratch`) is the same model and recipe from random
     initialisation on the real images. Only the mixes start from the pretrained backbone."""
     import finch.models
-    import finch.pipeline.augmented as augmented
+    import finch.pipeline.train_augmented as augmented
     from finch.io import save_tensors
 
     backbone = tmp_path / "backbone.safetensors"

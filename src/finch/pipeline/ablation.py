@@ -6,15 +6,19 @@ Each variant is the teacher's model and recipe with a few overrides from
 
 from __future__ import annotations
 
+import logging
+
 from finch.config import FinchConfig
-from finch.pipeline.common import METRICS, MODELS, PREPARED, RUNS, log
+from finch.pipeline.paths import MODELS, PREPARED, RUNS, stage_metrics
+
+log = logging.getLogger(__name__)
 
 
 def plan(cfg: FinchConfig, device) -> list:
     """Every variant in ``ablation.run``: the teacher's model and recipe with its overrides."""
     from finch.config import ablation_variant
     from finch.data.splits import load_task
-    from finch.pipeline.teacher import backbone_cnn_variant
+    from finch.pipeline.train_teacher import backbone_cnn_variant
     from finch.runner import PlannedVariant
 
     data = load_task(PREPARED, "target")
@@ -26,10 +30,13 @@ def plan(cfg: FinchConfig, device) -> list:
     return planned
 
 
-def train_ablation(cfg: FinchConfig) -> None:
-    """Train every variant in ``ablation.run`` over the seeds."""
-    from finch.pipeline.common import run_training_stage
+def has_work(cfg: FinchConfig) -> bool:
+    """The default study trains no ablation: then the stage imports neither torch nor MLflow."""
+    return bool(cfg.ablation.run)
 
+
+def run(cfg: FinchConfig) -> None:
+    """Train every variant in ``ablation.run`` over the seeds."""
     for i, name in enumerate(cfg.ablation.run, 1):
         log.info(
             "ablation %d/%d: %s = %s + %s",
@@ -45,6 +52,8 @@ def train_ablation(cfg: FinchConfig) -> None:
     if not cfg.ablation.run:  # nothing to train: no torch, no MLflow (the stage's start-up stays small)
         from finch.runs import write_stage_metrics
 
-        write_stage_metrics(RUNS, "ablation", METRICS / "ablation.json")
+        write_stage_metrics(RUNS, "ablation", stage_metrics("ablation"))
         return
-    run_training_stage(plan, cfg, "ablation", METRICS / "ablation.json")
+    from finch.pipeline.training import run_training_stage
+
+    run_training_stage(plan, cfg, "ablation")

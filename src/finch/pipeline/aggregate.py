@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from finch.config import FinchConfig
 from finch.errors import ConfigError
-from finch.pipeline.common import PREPARED, REPORTS, RUNS, log
+from finch.pipeline.paths import PREPARED, REPORTS, RUNS
+
+log = logging.getLogger(__name__)
 
 
-def aggregate(cfg: FinchConfig) -> None:
+def run(cfg: FinchConfig) -> None:
     """Tables, intervals and figures from every run record; then sync MLflow."""
     from finch.report.results import write_reports
     from finch.runs import find_records

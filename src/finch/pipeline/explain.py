@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 
 from finch.config import FinchConfig
 from finch.errors import ConfigError, ModelError
-from finch.pipeline.common import MODELS, PREPARED, REPORTS, log, teacher_weights
+from finch.pipeline.paths import MODELS, PREPARED, REPORTS, teacher_weights
+
+log = logging.getLogger(__name__)
 
 EXPLANATIONS = REPORTS / "explanations.png"
 MODEL_SUMMARIES = REPORTS / "models"
@@ -18,7 +21,7 @@ def student_weights(variant: str, seed: int) -> Path:
     return MODELS / "student" / variant / f"seed={seed}.safetensors"
 
 
-def explain(cfg: FinchConfig) -> None:
+def run(cfg: FinchConfig) -> None:
     """Grad-CAM figure of the teacher and student of one seed, model summaries, one MLflow run."""
     from finch.data.splits import load_task
     from finch.distill import build_student, load_teacher

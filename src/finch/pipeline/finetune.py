@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from finch.config import FinchConfig
-from finch.pipeline.common import BACKBONE, FEATURES, METRICS, MODELS, PREPARED, VIT_BACKBONE, file_hash, probe_weights
+from finch.pipeline.paths import BACKBONE, FEATURES, MODELS, PREPARED, VIT_BACKBONE, file_hash, probe_weights
 
 
 def plan(cfg: FinchConfig, device) -> list:
@@ -58,8 +58,8 @@ def plan(cfg: FinchConfig, device) -> list:
     return planned
 
 
-def finetune(cfg: FinchConfig) -> None:
+def run(cfg: FinchConfig) -> None:
     """Every freezing strategy over every seed (probes on the cached features)."""
-    from finch.pipeline.common import run_training_stage
+    from finch.pipeline.training import run_training_stage
 
-    run_training_stage(plan, cfg, "finetune", METRICS / "finetune.json")
+    run_training_stage(plan, cfg, "finetune")

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+
 from finch.config import FinchConfig
-from finch.pipeline.common import PREPARED, REPORTS, log
+from finch.pipeline.paths import PREPARED, REPORTS
+
+log = logging.getLogger(__name__)
 
 FLOORS_JSON = REPORTS / "floors.json"
 SCARCE_STAGES = ("augmented",)  # the studies trained on synthetic.real_per_class images a class
 
 
-def compute_floors(cfg: FinchConfig) -> None:
+def run(cfg: FinchConfig) -> None:
     """Pixel logistic regression and k-NN on the prepared splits → reports/floors.json."""
     from finch.data.splits import first_per_class, load_task
     from finch.floors import floor_metrics

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 from finch.config import FinchConfig
-from finch.pipeline.common import PREPARED, log
+from finch.pipeline.paths import PREPARED
+
+log = logging.getLogger(__name__)
 
 
-def prepare(cfg: FinchConfig) -> None:
+def run(cfg: FinchConfig) -> None:
     from finch.data.prepare import prepare as prepare_data
 
     card = prepare_data(cfg.data, PREPARED)

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from finch.config import FinchConfig
 from finch.errors import ConfigError
-from finch.pipeline.common import BACKBONE, METRICS, MODELS, PREPARED, RUNS, VIT_BACKBONE
+from finch.pipeline.paths import BACKBONE, MODELS, PREPARED, RUNS, VIT_BACKBONE, stage_metrics
 
 
-def pretrain(cfg: FinchConfig) -> None:
+def run(cfg: FinchConfig) -> None:
     """The CNN and ViT backbones: trained on the source classes, or timm's ImageNet weights."""
     from finch.data.splits import load_task
     from finch.distributed import is_main
     from finch.io import load_tensors, write_json
     from finch.models import build_model, save_backbone
-    from finch.pipeline.common import run_training_stage
+    from finch.pipeline.training import run_training_stage
 
     pc = cfg.pretrain
     if pc.weights == "timm":
@@ -31,9 +31,9 @@ def pretrain(cfg: FinchConfig) -> None:
         write_json(RUNS / "pretrain" / "origin.json", {"weights": [f"timm:{b[1].name}" for b in backbones(cfg)]})
         from finch.runs import write_stage_metrics
 
-        write_stage_metrics(RUNS, "pretrain", METRICS / "pretrain.json")  # no runs: empty, but declared
+        write_stage_metrics(RUNS, "pretrain", stage_metrics("pretrain"))  # no runs: empty, but declared
         return
-    run_training_stage(plan, cfg, "pretrain", METRICS / "pretrain.json")
+    run_training_stage(plan, cfg, "pretrain")
     if not is_main():
         return
     source = load_task(PREPARED, "source")

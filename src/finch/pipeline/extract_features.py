@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 from finch.config import FinchConfig
-from finch.pipeline.common import BACKBONE, FEATURES, PREPARED, VIT_BACKBONE, file_hash, log
+from finch.pipeline.paths import BACKBONE, FEATURES, PREPARED, VIT_BACKBONE, file_hash
+
+log = logging.getLogger(__name__)
 
 
-def extract_features(cfg: FinchConfig) -> None:
+def run(cfg: FinchConfig) -> None:
     """Run each pretrained backbone once over the target splits; cache the pooled features."""
     from finch.data.splits import load_task
     from finch.io import save_tensors

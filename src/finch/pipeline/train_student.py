@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from finch.config import FinchConfig
-from finch.pipeline.common import METRICS, MODELS, PREPARED, file_hash, teacher_weights
+from finch.pipeline.paths import MODELS, PREPARED, file_hash, teacher_weights
 
 
 def plan(cfg: FinchConfig, device) -> list:
@@ -42,8 +42,8 @@ def plan(cfg: FinchConfig, device) -> list:
     return planned
 
 
-def train_student(cfg: FinchConfig) -> None:
+def run(cfg: FinchConfig) -> None:
     """The distilled ViT student: every variant in student.variants, once per seed."""
-    from finch.pipeline.common import run_training_stage
+    from finch.pipeline.training import run_training_stage
 
-    run_training_stage(plan, cfg, "student", METRICS / "train_student.json")
+    run_training_stage(plan, cfg, "train_student")

@@ -14,8 +14,7 @@ would carry real-image knowledge into it. Its reference is
 from __future__ import annotations
 
 from finch.config import FinchConfig
-from finch.pipeline.common import BACKBONE, METRICS, MODELS, PREPARED, file_hash
-from finch.pipeline.gan import SYNTHETIC
+from finch.pipeline.paths import BACKBONE, MODELS, PREPARED, SYNTHETIC, file_hash
 
 
 def mix_name(ratio: float) -> str:
@@ -97,7 +96,7 @@ def plan(cfg: FinchConfig, device) -> list:
     ]
 
 
-def train_augmented(cfg: FinchConfig) -> None:
-    from finch.pipeline.common import run_training_stage
+def run(cfg: FinchConfig) -> None:
+    from finch.pipeline.training import run_training_stage
 
-    run_training_stage(plan, cfg, "augmented", METRICS / "train_augmented.json")
+    run_training_stage(plan, cfg, "train_augmented")

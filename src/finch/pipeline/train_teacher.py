@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from finch.config import FinchConfig, ModelConfig, RecipeConfig
-from finch.pipeline.common import BACKBONE, METRICS, MODELS, PREPARED, file_hash
+from finch.pipeline.paths import BACKBONE, MODELS, PREPARED, file_hash
 
 
 def backbone_cnn_variant(stage: str, name: str, model_cfg: ModelConfig, recipe: RecipeConfig, data):
@@ -36,8 +36,8 @@ def plan(cfg: FinchConfig, device) -> list:
     return [PlannedVariant(variant, data, cfg.seeds, MODELS / "teacher")]
 
 
-def train_teacher(cfg: FinchConfig) -> None:
+def run(cfg: FinchConfig) -> None:
     """Fine-tune the CNN teacher from the pretrained backbone, once per seed."""
-    from finch.pipeline.common import run_training_stage
+    from finch.pipeline.training import run_training_stage
 
-    run_training_stage(plan, cfg, "teacher", METRICS / "train_teacher.json")
+    run_training_stage(plan, cfg, "train_teacher")
