@@ -1,0 +1,104 @@
+"""A training recipe: epochs, batch size, optimizer, scheduler, loss, augmentation and the rest.
+
+Every stage that trains (pretrain, teacher, student, finetune, ...) holds one or more of these.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from finch.config.base import Strict
+
+
+class OptimizerConfig(Strict):
+    name: Literal["sgd", "adam", "adamw"] = "adamw"
+    lr: float = Field(1e-3, gt=0.0, le=10.0)
+    weight_decay: float = Field(0.05, ge=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    nesterov: bool = True
+    backbone_lr_scale: float = Field(
+        1.0, gt=0.0, le=1.0, description="learning rate of everything but the head, as a share of lr"
+    )
+
+
+class SchedulerConfig(Strict):
+    name: Literal["cosine", "multistep", "plateau", "cosine_restarts", "none"] = "cosine"
+    warmup_epochs: int = Field(1, ge=0)
+    warmup_lr: float = Field(1e-5, ge=0.0)
+    min_lr: float = Field(1e-5, ge=0.0)
+    milestones: list[int] = Field(
+        default_factory=lambda: [10, 20],
+        description="multistep: 1-based epochs from which the rate is multiplied by decay_rate",
+    )
+    decay_rate: float = Field(0.1, gt=0.0, le=1.0)
+    patience_epochs: int = Field(2, ge=0)
+    restarts: int = Field(2, ge=1, description="cycles for cosine_restarts")
+
+
+class LossConfig(Strict):
+    name: Literal["cross_entropy", "focal"] = "cross_entropy"
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    focal_gamma: float = Field(2.0, ge=0.0)
+
+
+class RandAugmentConfig(Strict):
+    num_ops: int = Field(0, ge=0, le=8, description="RandAugment operations per image; 0 = off")
+    magnitude: int = Field(9, ge=0, le=30)
+
+
+class AugmentConfig(Strict):
+    flip: bool = True
+    translate: int = Field(2, ge=0, description="max shift in pixels")
+    erasing: float = Field(0.0, ge=0.0, le=1.0, description="random erasing probability")
+    mixup_alpha: float = Field(0.0, ge=0.0)
+    cutmix_alpha: float = Field(0.0, ge=0.0)
+    mix_prob: float = Field(1.0, ge=0.0, le=1.0)
+    randaugment: RandAugmentConfig = RandAugmentConfig()
+
+    @property
+    def mixing(self) -> bool:
+        """Whether mixup or cutmix is on: targets become soft label distributions."""
+        return self.mixup_alpha > 0 or self.cutmix_alpha > 0
+
+
+class EmaConfig(Strict):
+    enabled: bool = False
+    decay: float = Field(0.998, gt=0.0, lt=1.0)
+
+
+class PenaltyConfig(Strict):
+    weight: float = Field(0.0, ge=0.0, description="lambda of lambda * sum |w|^p added to the loss; 0 = off")
+    p: float = Field(1.0, gt=0.0, description="1 = L1 (sparsity), 2 = L2 (coupled, unlike weight_decay)")
+    params: str = Field(
+        r".*weight$", description="regex on parameter names (trainable ones only), e.g. '^fc\\.' for the head"
+    )
+
+
+class KFoldConfig(Strict):
+    k: int = Field(0, ge=0, description="0 = the fixed validation split; k >= 2 = k folds of train+val")
+
+
+class RecipeConfig(Strict):
+    epochs: int = Field(15, ge=1)
+    batch_size: int = Field(64, ge=2)
+    optimizer: OptimizerConfig = OptimizerConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    loss: LossConfig = LossConfig()
+    augment: AugmentConfig = AugmentConfig()
+    ema: EmaConfig = EmaConfig()
+    penalty: PenaltyConfig = PenaltyConfig()
+    kfold: KFoldConfig = KFoldConfig()
+    grad_clip: float | None = Field(None, gt=0.0)
+    early_stopping_patience: int = Field(0, ge=0, description="0 = off")
+    select_on: Literal["val_accuracy", "val_loss"] = "val_accuracy"
+    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
+    channels_last: bool = False
+    eval_batch_size: int = Field(500, ge=1)
+
+    @model_validator(mode="after")
+    def _mix_needs_even_batch(self) -> RecipeConfig:
+        if self.augment.mixing and self.batch_size % 2:
+            raise ValueError(f"batch_size {self.batch_size} must be even when mixup/cutmix is on")
+        return self
