@@ -5,7 +5,7 @@ with a schedule ``convergence.factor`` (2) times as long and marks the variant *
 when that gains more than the seeds' spread. This script answers the next question for the
 variants marked so: does a schedule ``--factor`` (default 4) times as long as the study's still
 gain? Each run is the stage's own variant (its plan, model, recipe, data and seed 0) through
-``finch.study.longer_run``: validation only, the test split is not touched, nothing is logged
+``finch.study.check_run``: validation only, the test split is not touched, nothing is logged
 to MLflow and no model is kept. The runs are spread over ``runtime.workers`` processes.
 
 Writes reports/convergence_map/<stage>-<variant>.json (the runs' records, with their learning
@@ -141,7 +141,7 @@ def render(rows: list[tuple[Checked, dict]], factor: float, floors: dict, machin
 # --- in the worker processes -------------------------------------------------------------
 def _longer(stage: str, variant: str, factor: float, runs_root: str) -> dict:
     from finch.config import load_params
-    from finch.study import longer_run
+    from finch.study import check_run, execute
     from finch.train.runtime import configure
 
     cfg = load_params("params.yaml")
@@ -149,7 +149,8 @@ def _longer(stage: str, variant: str, factor: float, runs_root: str) -> dict:
     planned = importlib.import_module(f"finch.pipeline.{PLANS[stage]}").plan(cfg, device)
     pv = next(p for p in planned if p.variant.name == variant)
     started = time.perf_counter()
-    path = longer_run(pv.variant, pv.data, pv.seeds[0], factor, cfg, device, Path(runs_root))
+    run = check_run(pv.variant, pv.seeds[0], factor)
+    path, _ = execute(run, pv.variant, pv.data, cfg, device, Path(runs_root), pv.models_root)
     record = json.loads(Path(path).read_text())
     record["seconds"] = round(time.perf_counter() - started, 1)
     return record

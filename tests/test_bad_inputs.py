@@ -24,12 +24,11 @@ from finch.errors import NonFiniteLossError
 from finch.io import read_json, save_tensors, write_text
 from finch.models import build_model
 from finch.runs import find_records
-from finch.study import train_variant
 from finch.tracking import Tracker, sync
 from finch.train.engine import fit
 from finch.train.losses import Objective
 
-from .conftest import REPO, TINY_MODEL, tiny_recipe
+from .conftest import REPO, TINY_MODEL, tiny_recipe, train_seeds
 from .test_data import folder_cfg, make_tree
 from .test_study import variant
 
@@ -175,7 +174,7 @@ def test_secrets_in_the_environment_are_never_logged(toy_task, tmp_path, monkeyp
         monkeypatch.setenv(name, value)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cfg = FinchConfig(profile="secrets", runtime={"progress": False}, tracking={"uri": uri})
-    train_variant(variant(toy_task, tiny_recipe(epochs=1)), toy_task, [0], cfg, CPU, tmp_path / "runs", tmp_path / "m")
+    train_seeds(variant(toy_task, tiny_recipe(epochs=1)), toy_task, [0], cfg, CPU, tmp_path / "runs", tmp_path / "m")
     assert sync(find_records(tmp_path / "runs"), cfg.tracking, cfg.profile)["logged"] == 1
     (run,) = Tracker(cfg.tracking, cfg.profile).search()
     data = run.data

@@ -25,10 +25,10 @@ SCRIPT = textwrap.dedent(
     from finch import distributed
     from finch.config import FinchConfig
     from finch.models import build_model
-    from finch.study import Variant, train_variant
+    from finch.study import Variant
     from finch.tracking import log_runs_safely
     from finch.train.runtime import configure
-    from tests.conftest import TINY_MODEL, make_task, tiny_recipe
+    from tests.conftest import TINY_MODEL, make_task, tiny_recipe, train_seeds
 
     cfg = FinchConfig(runtime={{"threads": 1, "progress": False}}, profile="ddp")
     device = configure(cfg.runtime)
@@ -38,7 +38,7 @@ SCRIPT = textwrap.dedent(
         stage="toy", name="ddp", recipe=recipe, settings={{"recipe": recipe.model_dump()}},
         build_model=lambda seed: build_model(TINY_MODEL, task.num_classes, task.in_chans),
     )
-    folders = train_variant(variant, task, [0, 1], cfg, device, {out!r} + "/runs", {out!r} + "/models")
+    folders = train_seeds(variant, task, [0, 1], cfg, device, {out!r} + "/runs", {out!r} + "/models")
     log_runs_safely(folders, cfg.tracking, cfg.profile)
     print("RANK", distributed.rank(), "WORLD", distributed.world_size(), "FOLDERS", len(folders), flush=True)
     distributed.shutdown()

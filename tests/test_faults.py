@@ -24,10 +24,10 @@ SCRIPT = textwrap.dedent(
     logging.basicConfig(level=logging.INFO)
     from finch.config import FinchConfig
     from finch.models import build_model
-    from finch.study import Variant, train_variant
+    from finch.study import Variant
     from finch.train.losses import Objective
     from finch.train.runtime import configure
-    from tests.conftest import TINY_MODEL, make_task, tiny_recipe
+    from tests.conftest import TINY_MODEL, make_task, tiny_recipe, train_seeds
 
     class Slow(Objective):  # a slow loss, so that a kill lands mid-epoch; the numbers are untouched
         def loss(self, outputs, targets, inputs):
@@ -47,7 +47,7 @@ SCRIPT = textwrap.dedent(
         build_model=lambda seed: build_model(TINY_MODEL, task.num_classes, task.in_chans),
         objective=lambda data, seed: Slow(recipe.loss, data.num_classes, mixing=True),
     )
-    train_variant(variant, task, [0], cfg, device, "runs", "models")
+    train_seeds(variant, task, [0], cfg, device, "runs", "models")
     print("DONE", flush=True)
     """
 )

@@ -10,13 +10,14 @@ import torch.nn.functional as F
 from finch.config import FinchConfig, LossConfig, ModelConfig, PenaltyConfig, RandAugmentConfig, ablation_variant
 from finch.errors import ConfigError, ModelError
 from finch.io import load_tensors
+from finch.kfold import kfold_splits
 from finch.models import build_model
-from finch.study import Variant, kfold_splits, train_variant, write_ensemble
+from finch.study import Variant, write_ensemble
 from finch.train.augment import TensorRandAugment
 from finch.train.engine import fit
 from finch.train.losses import Objective, ParameterPenalty, focal_cross_entropy
 
-from .conftest import TINY_MODEL, tiny_recipe
+from .conftest import TINY_MODEL, tiny_recipe, train_seeds
 
 CPU = torch.device("cpu")
 
@@ -54,7 +55,7 @@ def test_l1_penalty_shrinks_weights_in_training(toy_task):
 def test_focal_with_gamma_zero_is_cross_entropy():
     logits = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
     y = torch.tensor([0, 1, 2, 3, 1, 0])
-    obj = Objective(LossConfig(name="focal", focal_gamma=0.0), 4, mixing=False)
+    obj = Objective(LossConfig(name="focal", focal_gamma=0.0, label_smoothing=0.0), 4, mixing=False)
     assert obj.loss(logits, y, None).item() == pytest.approx(F.cross_entropy(logits, y).item(), abs=1e-6)
     assert focal_cross_entropy(logits, F.one_hot(y, 4).float(), 0.0).item() == pytest.approx(
         F.cross_entropy(logits, y).item(), abs=1e-6
@@ -139,7 +140,7 @@ def test_kfold_training_records_the_fold_spread(toy_task, tmp_path, monkeypatch)
         build_model=lambda seed: build_model(TINY_MODEL, 2, 1),
     )
     cfg = FinchConfig(runtime={"progress": False})
-    folder = train_variant(v, toy_task, [0], cfg, CPU, tmp_path / "runs", tmp_path / "models")[0]
+    folder = train_seeds(v, toy_task, [0], cfg, CPU, tmp_path / "runs", tmp_path / "models")[0]
     kf = json.loads((folder / "record.json").read_text())["kfold"]
     assert kf["k"] == 3 and len(kf["val_accuracy"]) == 3 and len(kf["test_accuracy"]) == 3
     assert kf["test_accuracy_std"] >= 0 and "selected_fold" not in kf

@@ -7,10 +7,10 @@ from finch.config import FinchConfig
 from finch.io import load_tensors
 from finch.models import build_model
 from finch.runs import RunKind, find_records
-from finch.study import CHECKPOINT_ROOT, Variant, train_variant
+from finch.study import CHECKPOINT_ROOT, Variant
 from finch.train.losses import Objective
 
-from .conftest import TINY_MODEL, tiny_recipe
+from .conftest import TINY_MODEL, tiny_recipe, train_seeds
 
 CPU = torch.device("cpu")
 
@@ -52,7 +52,7 @@ def variant(task, recipe, objective=None):
 def test_records_and_weights_per_seed(toy_task, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = FinchConfig(runtime={"progress": False})
-    folders = train_variant(
+    folders = train_seeds(
         variant(toy_task, tiny_recipe(epochs=2)), toy_task, [0, 1], cfg, CPU, tmp_path / "runs", tmp_path / "models"
     )
     records = find_records(tmp_path / "runs")
@@ -74,9 +74,9 @@ def test_interrupted_stage_resumes_and_matches(toy_task, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = FinchConfig(runtime={"progress": False})
     recipe = tiny_recipe(epochs=3)
-    train_variant(variant(toy_task, recipe), toy_task, [0, 1], cfg, CPU, tmp_path / "a", tmp_path / "ma")
+    train_seeds(variant(toy_task, recipe), toy_task, [0, 1], cfg, CPU, tmp_path / "a", tmp_path / "ma")
     with pytest.raises(KeyboardInterrupt):
-        train_variant(
+        train_seeds(
             variant(toy_task, recipe, CrashOnSeed(recipe, 2)),
             toy_task,
             [0, 1],
@@ -86,7 +86,7 @@ def test_interrupted_stage_resumes_and_matches(toy_task, tmp_path, monkeypatch):
             tmp_path / "mb",
         )
     assert (tmp_path / CHECKPOINT_ROOT / "toy" / "default" / "seed=0.pt").is_file()
-    train_variant(variant(toy_task, recipe), toy_task, [0, 1], cfg, CPU, tmp_path / "b", tmp_path / "mb")
+    train_seeds(variant(toy_task, recipe), toy_task, [0, 1], cfg, CPU, tmp_path / "b", tmp_path / "mb")
     for a, b in zip(find_records(tmp_path / "a"), find_records(tmp_path / "b"), strict=True):
         assert a.metrics == b.metrics
         assert [r["val_loss"] for r in a.history] == [r["val_loss"] for r in b.history]
@@ -137,23 +137,24 @@ def test_kfold_predicts_with_the_mean_of_the_fold_models(toy_task, tmp_path, mon
 
     import numpy as np
 
-    import finch.study
+    import finch.kfold
     from finch.evaluate import predict_proba
-    from finch.study import train_run
+    from finch.study import execute, study_run
 
     monkeypatch.chdir(tmp_path)
     fold_models = []
-    real_fit = finch.study.fit
+    real_fit = finch.kfold.fit
 
     def fit(*args, **kwargs):
         result = real_fit(*args, **kwargs)
         fold_models.append(copy.deepcopy(result.model))
         return result
 
-    monkeypatch.setattr(finch.study, "fit", fit)
+    monkeypatch.setattr(finch.kfold, "fit", fit)
     recipe = tiny_recipe(epochs=1, kfold={"k": 3})
     cfg = FinchConfig(runtime={"progress": False})
-    folder, probs = train_run(variant(toy_task, recipe), toy_task, 0, cfg, CPU, tmp_path / "runs", tmp_path / "models")
+    v = variant(toy_task, recipe)
+    folder, probs = execute(study_run(v, 0), v, toy_task, cfg, CPU, tmp_path / "runs", tmp_path / "models")
     assert len(fold_models) == 3
     each = [predict_proba(m, toy_task.test, toy_task.to_inputs, 64, CPU)[0] for m in fold_models]
     np.testing.assert_allclose(probs, np.mean(each, axis=0), atol=1e-6)
@@ -193,15 +194,15 @@ def test_longer_run_doubles_the_schedule_on_the_fixed_split_without_warnings(toy
     import json
     import warnings
 
-    from finch.study import longer_run
+    from finch.study import check_run, execute
 
     monkeypatch.chdir(tmp_path)
     cfg = FinchConfig(runtime={"progress": False})
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        path = longer_run(
-            variant(toy_task, tiny_recipe(epochs=2, kfold={"k": 3})), toy_task, 0, 2.0, cfg, CPU, tmp_path
-        )
+        v = variant(toy_task, tiny_recipe(epochs=2, kfold={"k": 3}))
+        path, probs = execute(check_run(v, 0, 2.0), v, toy_task, cfg, CPU, tmp_path, tmp_path / "models")
+    assert probs is None and not (tmp_path / "models").exists()  # validation only: not tested, no weights
     rec = json.loads(path.read_text())
     assert (rec["epochs"], rec["regular_epochs"], rec["seed"], rec["factor"]) == (4, 2, 0, 2.0)
     assert len(rec["history"]) == 4 and rec["validation_images"] == len(toy_task.val)

@@ -50,6 +50,18 @@ def save_backbone(model: nn.Module, path: Path | str, metadata: dict) -> None:
     save_tensors(path, backbone_state(model), metadata)
 
 
+def build_from_backbone(
+    cfg: ModelConfig, num_classes: int, in_chans: int, backbone: Path | str | None, seed: int | None = None
+) -> nn.Module:
+    """A run's model builder (``functools.partial`` of it maps a seed to a model; the caller has
+    seeded already): ``cfg``'s model with the pretrained ``backbone`` loaded, or random weights
+    where ``backbone`` is None."""
+    model = build_model(cfg, num_classes, in_chans)
+    if backbone is not None:
+        load_backbone(model, backbone)
+    return model
+
+
 def load_backbone(model: nn.Module, path: Path | str) -> None:
     """Load backbone weights into ``model``; everything but its head must match exactly."""
     state = load_tensors(path)

@@ -2,9 +2,11 @@
 
 On a small CPU, small models are overhead-bound: two single-threaded processes side by side
 train more images per second than one process with two threads. A stage therefore describes
-its work as a *plan* (a module-level function ``plan(cfg, device) -> list[PlannedVariant]``),
-and :func:`train_plan` runs each (variant, seed) once, in ``runtime.workers`` processes with
-``runtime.threads`` torch threads each.
+its work as a *plan* (a module-level function ``plan(cfg, device) -> list[PlannedVariant]``);
+:func:`plan_runs` turns it into :class:`~finch.study.Run` s (every seed of every variant, and
+the convergence checks), and :func:`train_planned` carries each out once with
+:func:`finch.study.execute`, in this process or in ``runtime.workers`` processes with
+``runtime.threads`` torch threads each: one scheduling loop either way.
 
 A run's numbers depend only on its own settings, seed and thread count: each run seeds every
 generator itself, and nothing is shared between runs but read-only inputs. So the same
@@ -22,8 +24,9 @@ import logging
 import multiprocessing
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -32,7 +35,7 @@ from finch import distributed
 from finch.config import FinchConfig
 from finch.data.splits import TaskData
 from finch.runs import run_name
-from finch.study import Variant, finish_variant, longer_run, train_run
+from finch.study import Run, Variant, check_run, execute, finish_variant, study_run
 
 log = logging.getLogger(__name__)
 
@@ -73,78 +76,108 @@ def worker_count(cfg: FinchConfig, runs: int) -> int:
     return max(1, min(cfg.runtime.workers, runs))
 
 
+def plan_runs(planned: list[PlannedVariant], cfg: FinchConfig) -> list[Run]:
+    """Every seed of every variant, and (``convergence.enabled``) each checked variant's first
+    seed with its longer recipe: those first, the longest runs, so no worker idles at the end
+    waiting for one."""
+    runs = [study_run(pv.variant, seed) for pv in planned for seed in pv.seeds]
+    if cfg.convergence.enabled:
+        checks = [check_run(pv.variant, pv.seeds[0], cfg.convergence.factor) for pv in planned if pv.check_convergence]
+        runs = checks + runs
+    return runs
+
+
 def train_plan(plan: Plan, cfg: FinchConfig, device: torch.device) -> list[Path]:
-    """Train every (variant, seed) of ``plan``; write the ensembles; return the record folders
-    (in plan order). Finished runs keep their records if another fails; a killed run resumes
-    from its checkpoint on the next call."""
-    planned = plan(cfg, device)
-    # (variant, seed, longer): every seed, plus the convergence check's longer run of the first seed
-    runs = [(i, seed, False) for i, pv in enumerate(planned) for seed in pv.seeds]
-    if cfg.convergence.enabled:  # the longest runs first, so no worker idles at the end waiting for one
-        runs = [(i, pv.seeds[0], True) for i, pv in enumerate(planned) if pv.check_convergence] + runs
-    workers = worker_count(cfg, len(runs))
-    log.info("%d run(s) in %d process(es) x %d torch thread(s)", len(runs), workers, cfg.runtime.threads)
-    started = time.perf_counter()
-    results: dict[tuple[int, int, bool], tuple[Path | None, object]] = {}
+    """Train every run of ``plan`` (see :func:`train_planned`); workers rebuild the plan from
+    its function."""
+    return train_planned(plan(cfg, device), cfg, device, plan)
 
-    def done(run: tuple[int, int, bool], result) -> None:
-        results[run] = result
-        i, seed, longer = run
-        pv = planned[i]
-        log.info(
-            "[%d/%d] %s%s done (%.0f s into the stage)",
-            len(results),
-            len(runs),
-            run_name(pv.variant.stage, pv.variant.name, seed),
-            f" x{cfg.convergence.factor:g} schedule" if longer else "",
-            time.perf_counter() - started,
-        )
 
-    names = {pv.variant.name: i for i, pv in enumerate(planned)}
+def train_planned(
+    planned: list[PlannedVariant], cfg: FinchConfig, device: torch.device, plan: Plan | None = None
+) -> list[Path]:
+    """Carry out every run of ``planned`` (:func:`plan_runs`); write the seed ensembles; return
+    the record folders (in plan order). A run starts once the runs it needs are done. With more
+    than one worker, ``plan`` (an importable function) rebuilds ``planned`` in each. Finished
+    runs keep their records if another fails; a killed run resumes from its checkpoint on the
+    next call."""
+    by_name = {pv.variant.name: pv for pv in planned}
     for pv in planned:
-        unknown = [n for n in pv.needs if n not in names]
+        unknown = [n for n in pv.needs if n not in by_name]
         if unknown:
             raise ValueError(f"{pv.variant.stage}/{pv.variant.name} needs {unknown}, which this stage does not train")
-
-    def ready(run: tuple[int, int, bool]) -> bool:
-        i, seed, _ = run
-        return all((names[n], seed, False) in results for n in planned[i].needs)
-
-    waiting = list(runs)  # a run starts once the runs it needs are done
+    runs = plan_runs(planned, cfg)
+    workers = worker_count(cfg, len(runs))
+    log.info("%d run(s) in %d process(es) x %d torch thread(s)", len(runs), workers, cfg.runtime.threads)
     if workers == 1:
-        while waiting:
-            run = next(r for r in waiting if ready(r))
-            waiting.remove(run)
-            done(run, _train(planned, run, cfg, device))
+        pool, task = _InThisProcess(), partial(_execute, by_name, cfg, device)
     else:
+        if plan is None:
+            raise ValueError("runtime.workers > 1 needs the plan's function (train_plan) to rebuild it in each worker")
         context = multiprocessing.get_context("spawn")
-        pool = ProcessPoolExecutor(
-            workers, mp_context=context, initializer=_start_worker, initargs=(plan_reference(plan), cfg.model_dump())
-        )
-        try:
-            futures: dict = {}
-            while waiting or futures:
-                for run in [r for r in waiting if ready(r)]:
-                    waiting.remove(run)
-                    futures[pool.submit(_train_in_worker, run)] = run
-                if not futures:
-                    raise ValueError(f"runs {waiting} wait for runs that never come: check the plan's needs")
-                finished, _ = wait(futures, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    run = futures.pop(future)
-                    folder, probs = future.result()  # a failed run raises here
-                    done(run, (Path(folder) if folder else None, probs))
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+        initargs = (plan_reference(plan), cfg.model_dump())
+        pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=initargs)
+        task = _execute_in_worker
+    started = time.perf_counter()
+    results: dict[tuple, tuple[Path | None, object]] = {}
+
+    def ready(run: Run) -> bool:
+        return all((need, run.seed, None) in results for need in by_name[run.variant].needs)
+
+    try:
+        waiting, futures = list(runs), {}
+        while waiting or futures:
+            for run in [r for r in waiting if ready(r)]:
+                waiting.remove(run)
+                futures[pool.submit(task, run)] = run
+            if not futures:
+                raise ValueError(
+                    f"runs {[r.id for r in waiting]} wait for runs that never come: check the plan's needs"
+                )
+            finished, _ = wait(futures, return_when=FIRST_COMPLETED)
+            for future in finished:
+                run = futures.pop(future)
+                folder, probs = future.result()  # a failed run raises here
+                results[run.id] = (Path(folder) if folder else None, probs)
+                pv = by_name[run.variant]
+                log.info(
+                    "[%d/%d] %s%s done (%.0f s into the stage)",
+                    len(results),
+                    len(runs),
+                    run_name(pv.variant.stage, pv.variant.name, run.seed),
+                    "" if run.longer is None else f" x{run.longer:g} schedule",
+                    time.perf_counter() - started,
+                )
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
     folders = []
     distributed.barrier()
-    for i, pv in enumerate(planned):
-        outcome = [results[(i, seed, False)] for seed in pv.seeds]
+    for pv in planned:
+        outcome = [results[(pv.variant.name, seed, None)] for seed in pv.seeds]
         folders += [folder for folder, _ in outcome if folder is not None]
         if distributed.is_main():
             finish_variant(pv.variant, pv.data, pv.seeds, [probs for _, probs in outcome], cfg, pv.runs_root)
     return folders
+
+
+class _InThisProcess(Executor):
+    """The worker pool's interface, run here and now: one worker without a process."""
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except Exception as err:  # raised by future.result(), as from a worker
+            future.set_exception(err)
+        return future
+
+
+def _execute(by_name: dict[str, PlannedVariant], cfg: FinchConfig, device, run: Run) -> tuple[str | None, object]:
+    """``run`` of its planned variant (:func:`finch.study.execute`); the folder as text (it crosses processes)."""
+    pv = by_name[run.variant]
+    folder, probs = execute(run, pv.variant, pv.data, cfg, device, pv.runs_root, pv.models_root)
+    return (str(folder) if folder else None), probs
 
 
 # --- in the worker processes -------------------------------------------------------------
@@ -157,18 +190,9 @@ def _start_worker(plan_ref: str, cfg_data: dict) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = FinchConfig.model_validate(cfg_data)
     device = configure(cfg.runtime)
-    _WORKER.update(cfg=cfg, device=device, planned=resolve_plan(plan_ref)(cfg, device))
+    planned = resolve_plan(plan_ref)(cfg, device)
+    _WORKER.update(cfg=cfg, device=device, by_name={pv.variant.name: pv for pv in planned})
 
 
-def _train_in_worker(run: tuple[int, int, bool]) -> tuple[str | None, object]:
-    folder, probs = _train(_WORKER["planned"], run, _WORKER["cfg"], _WORKER["device"])
-    return (str(folder) if folder else None), probs
-
-
-def _train(planned: list[PlannedVariant], run: tuple[int, int, bool], cfg: FinchConfig, device) -> tuple:
-    """One run: a seed of a variant (folder, test probabilities), or its longer run (path, None)."""
-    i, seed, longer = run
-    pv = planned[i]
-    if longer:
-        return longer_run(pv.variant, pv.data, seed, cfg.convergence.factor, cfg, device, pv.runs_root), None
-    return train_run(pv.variant, pv.data, seed, cfg, device, pv.runs_root, pv.models_root)
+def _execute_in_worker(run: Run) -> tuple[str | None, object]:
+    return _execute(_WORKER["by_name"], _WORKER["cfg"], _WORKER["device"], run)

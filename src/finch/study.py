@@ -1,8 +1,10 @@
-"""Training one run (a variant with one seed): build, fit, test once, record.
+"""One run: a variant of a stage, a seed and a recipe — built, fitted, tested once, recorded.
 
-Every training stage trains through :func:`train_run` (one seed) — in this process with
-:func:`train_variant`, or spread over worker processes by :mod:`finch.runner`; stages differ
-in the model builder, the data and the objective they pass.
+A :class:`Run` is what :mod:`finch.runner` schedules and :func:`execute` carries out, in this
+process or in a worker, for every kind of run: a seed of a variant (tested once, recorded, its
+weights kept), its convergence check (the same variant and seed with a longer recipe, validation
+only) and a k-fold run (a recipe with ``kfold.k >= 2``, see :mod:`finch.kfold`). Stages differ
+only in the variants they plan: the model builder, the data, the recipe and the objective.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import resource
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -22,9 +24,10 @@ from finch.config import FinchConfig, KFoldConfig, RecipeConfig, config_hash
 from finch.data.splits import TaskData
 from finch.evaluate import HEAD_METRICS, agreement_with, classification_metrics, predict_heads
 from finch.io import save_tensors
+from finch.kfold import FoldEnsemble, fit_kfold
 from finch.models import parameter_counts
 from finch.runs import RunKind, RunRecord, run_key, run_name
-from finch.train.engine import FitResult, fit
+from finch.train.engine import fit
 from finch.train.losses import Objective
 from finch.train.runtime import numerics, seed_everything
 
@@ -64,38 +67,90 @@ def run_settings(variant: Variant, data: TaskData, cfg: FinchConfig, seed: int) 
     return {**variant.settings, **extra, "data_hash": data.content_hash, "runtime": runtime}
 
 
-def train_run(
+@dataclass(frozen=True)
+class Run:
+    """One run of a plan: variant ``variant`` (its name) with ``seed`` and ``recipe``.
+
+    ``longer`` marks a convergence check: the variant's recipe with a schedule that many times
+    longer (:func:`check_run`), trained on the fixed validation split and never tested."""
+
+    variant: str
+    seed: int
+    recipe: RecipeConfig
+    longer: float | None = None
+
+    @property
+    def id(self) -> tuple[str, int, float | None]:
+        return self.variant, self.seed, self.longer
+
+
+def study_run(variant: Variant, seed: int) -> Run:
+    """A seed of ``variant`` with its own recipe: tested once and recorded."""
+    return Run(variant.name, seed, variant.recipe)
+
+
+def check_run(variant: Variant, seed: int, factor: float) -> Run:
+    """The convergence check of ``variant`` with ``seed``: its schedule ``factor`` times longer
+    (same warm-up, the decay stretched over the extra epochs; at least one epoch more), on the
+    fixed validation split (k-fold off)."""
+    epochs = max(variant.recipe.epochs + 1, round(variant.recipe.epochs * factor))
+    recipe = variant.recipe.model_copy(update={"epochs": epochs, "kfold": KFoldConfig(k=0)})  # a model, not a dict
+    return Run(variant.name, seed, recipe, longer=factor)
+
+
+def execute(
+    run: Run,
     variant: Variant,
     data: TaskData,
-    seed: int,
     cfg: FinchConfig,
     device: torch.device,
     runs_root: Path,
     models_root: Path,
 ) -> tuple[Path | None, object]:
-    """Train ``variant`` with one seed: fit, test once, write weights and the run record.
+    """Carry out ``run`` of ``variant``: seed, build, fit (k-fold where its recipe says), then
 
-    Returns the record's folder (None on a non-zero torchrun rank) and the test probabilities
-    (for the seed ensemble). A checkpoint after every epoch lets a killed run resume.
+    - a seed run: test once, write its weights and run record; returns the record's folder and
+      the test probabilities (for the seed ensemble);
+    - a convergence check: write ``<runs_root>/<stage>/<variant>/longer.json`` (validation
+      only); returns its path and None.
+
+    The path is None on a non-zero torchrun rank. A checkpoint after every epoch lets a killed
+    run resume.
     """
-    settings = run_settings(variant, data, cfg, seed)
-    key = run_key(variant.stage, variant.name, seed, config_hash(settings))
-    name = run_name(variant.stage, variant.name, seed)
-    seed_everything(seed)
-    model = variant.build_model(seed)
+    settings = run_settings(variant, data, cfg, run.seed)
+    # a run on a recipe other than its variant's own hashes that recipe too
+    hashed = settings if run.longer is None else {**settings, "recipe": run.recipe.model_dump()}
+    key = run_key(variant.stage, variant.name, run.seed, config_hash(hashed))
+    name = run_name(variant.stage, variant.name, run.seed)
+    suffix = "" if run.longer is None else "-longer"
+    if run.longer is not None:
+        name = f"{name} (x{run.longer:g} schedule)"
+    checkpoint = CHECKPOINT_ROOT / variant.stage / variant.name / f"seed={run.seed}{suffix}.pt"
+    seed_everything(run.seed)
+    model = variant.build_model(run.seed)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    checkpoint = CHECKPOINT_ROOT / variant.stage / variant.name / f"seed={seed}.pt"
-    objective = variant.objective(data, seed) if variant.objective else None
+    objective = variant.objective(data, run.seed) if variant.objective else None
     kfold = None
-    if variant.recipe.kfold.k >= 2:
-        result, kfold = fit_kfold(variant, data, seed, objective, device, cfg, checkpoint, key, name)
+    if run.recipe.kfold.k >= 2:
+        result, kfold = fit_kfold(
+            variant.build_model,
+            data,
+            run.recipe,
+            run.seed,
+            objective,
+            device,
+            checkpoint,
+            key,
+            name,
+            cfg.runtime.progress,
+        )
     else:
         result = fit(
             model,
             data,
-            variant.recipe,
-            seed=seed,
+            run.recipe,
+            seed=run.seed,
             device=device,
             objective=objective,
             checkpoint_path=checkpoint,
@@ -103,20 +158,22 @@ def train_run(
             progress=cfg.runtime.progress,
             desc=name,
         )
+    if run.longer is not None:
+        return (write_check(run, variant, data, result, runs_root) if distributed.is_main() else None), None
     tested = time.perf_counter()
-    metrics, cost, confusion, probs = test_once(result.model, objective, data, variant.recipe, cfg, device)
+    metrics, cost, confusion, probs = test_once(result.model, objective, data, run.recipe, cfg, device)
     test_time_s = time.perf_counter() - tested
     if not distributed.is_main():  # under torchrun, rank 0 alone writes and logs
         return None, probs
     metrics["params_total"] += variant.frozen_outside
     # one file per run; a k-fold run's holds every fold model, its keys prefixed "folds.<f>."
-    weights = Path(models_root) / variant.name / f"seed={seed}.safetensors"
-    meta = {"run_key": key, "stage": variant.stage, **({"kfold": variant.recipe.kfold.k} if kfold else {})}
+    weights = Path(models_root) / variant.name / f"seed={run.seed}.safetensors"
+    meta = {"run_key": key, "stage": variant.stage, **({"kfold": run.recipe.kfold.k} if kfold else {})}
     save_tensors(weights, result.model.state_dict(), meta)
     record = RunRecord.create(
         stage=variant.stage,
         variant=variant.name,
-        seed=seed,
+        seed=run.seed,
         kind=RunKind.CLASSIFIER,
         settings=settings,
         profile=cfg.profile,
@@ -151,36 +208,11 @@ def train_run(
 LONGER = "longer.json"  # the convergence check's run, next to the variant's seed runs
 
 
-def longer_run(
-    variant: Variant, data: TaskData, seed: int, factor: float, cfg: FinchConfig, device: torch.device, runs_root: Path
-) -> Path | None:
-    """The convergence check: ``variant`` with ``seed`` again, its schedule ``factor`` times longer
-    (same warm-up, the decay stretched over the extra epochs). Validation only — the test split is
-    not touched — written to ``<runs_root>/<stage>/<variant>/longer.json``; the aggregate compares
-    its best validation accuracy with the regular run of the same seed."""
+def write_check(run: Run, variant: Variant, data: TaskData, result, runs_root: Path) -> Path:
+    """The convergence check's result (validation only) as ``longer.json``; the aggregate
+    compares its best validation accuracy with the seed run of the same seed."""
     from finch.io import write_json
 
-    epochs = max(variant.recipe.epochs + 1, round(variant.recipe.epochs * factor))
-    recipe = variant.recipe.model_copy(update={"epochs": epochs, "kfold": KFoldConfig(k=0)})  # a model, not a dict
-    settings = run_settings(replace(variant, recipe=recipe), data, cfg, seed)
-    key = run_key(variant.stage, variant.name, seed, config_hash({**settings, "recipe": recipe.model_dump()}))
-    name = f"{run_name(variant.stage, variant.name, seed)} (x{factor:g} schedule)"
-    seed_everything(seed)
-    model = variant.build_model(seed)
-    result = fit(
-        model,
-        data,
-        recipe,
-        seed=seed,
-        device=device,
-        objective=variant.objective(data, seed) if variant.objective else None,
-        checkpoint_path=CHECKPOINT_ROOT / variant.stage / variant.name / f"seed={seed}-longer.pt",
-        fingerprint=key,
-        progress=cfg.runtime.progress,
-        desc=name,
-    )
-    if not distributed.is_main():
-        return None
     best = result.history[result.best_epoch - 1]
     path = Path(runs_root) / variant.stage / variant.name / LONGER
     write_json(
@@ -188,9 +220,9 @@ def longer_run(
         {
             "stage": variant.stage,
             "variant": variant.name,
-            "seed": seed,
-            "factor": factor,
-            "epochs": recipe.epochs,
+            "seed": run.seed,
+            "factor": run.longer,
+            "epochs": run.recipe.epochs,
             "regular_epochs": variant.recipe.epochs,
             "best_epoch": result.best_epoch,
             "best_val_accuracy": best["val_accuracy"],
@@ -198,7 +230,13 @@ def longer_run(
             "history": result.history,
         },
     )
-    log.info("%s: best validation accuracy %.4f (epoch %d)", name, best["val_accuracy"], result.best_epoch)
+    log.info(
+        "%s (x%g schedule): best validation accuracy %.4f (epoch %d)",
+        run_name(variant.stage, variant.name, run.seed),
+        run.longer,
+        best["val_accuracy"],
+        result.best_epoch,
+    )
     return path
 
 
@@ -211,28 +249,6 @@ def finish_variant(variant: Variant, data: TaskData, seeds: list[int], probs: li
     shutil.rmtree(CHECKPOINT_ROOT / variant.stage / variant.name, ignore_errors=True)
     if len(seeds) > 1:
         write_ensemble(runs_root, variant, data, seeds, probs, cfg)
-
-
-def train_variant(
-    variant: Variant,
-    data: TaskData,
-    seeds: list[int],
-    cfg: FinchConfig,
-    device: torch.device,
-    runs_root: Path,
-    models_root: Path,
-) -> list[Path]:
-    """Train ``variant`` once per seed in this process; return the record folders."""
-    written, test_probs = [], []
-    for seed in seeds:
-        folder, probs = train_run(variant, data, seed, cfg, device, runs_root, models_root)
-        if folder is not None:
-            written.append(folder)
-            test_probs.append(probs)
-    distributed.barrier()
-    if distributed.is_main():
-        finish_variant(variant, data, seeds, test_probs, cfg, runs_root)
-    return written
 
 
 def write_ensemble(runs_root: Path, variant: Variant, data: TaskData, seeds: list[int], probs: list, cfg) -> dict:
@@ -256,125 +272,10 @@ def write_ensemble(runs_root: Path, variant: Variant, data: TaskData, seeds: lis
     return out
 
 
-def kfold_splits(data: TaskData, k: int, seed: int) -> list[TaskData]:
-    """``k`` stratified folds of train + val (scikit-learn): fold ``f`` validates on its own
-    images and trains on the others; the test split is untouched."""
-    import numpy as np
-    from sklearn.model_selection import StratifiedKFold
-
-    from finch.data.splits import Split
-
-    x = torch.cat([data.train.x, data.val.x])
-    y = torch.cat([data.train.y, data.val.y])
-    folds = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(np.zeros(len(y)), y.numpy())
-    return [
-        replace(data, train=Split(x[tr], y[tr]), val=Split(x[va], y[va]))
-        for tr, va in ((torch.as_tensor(a), torch.as_tensor(b)) for a, b in folds)
-    ]
-
-
-class FoldEnsemble(torch.nn.Module):
-    """The k fold models as one predictor: for each head (name → outputs-to-logits), the mean of
-    the folds' probabilities, returned as its logarithm (a softmax gives the mean back)."""
-
-    def __init__(self, models: list[torch.nn.Module], heads: dict[str, Callable]):
-        super().__init__()
-        self.folds = torch.nn.ModuleList(models)
-        self.heads = dict(heads)
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        outputs = [model(x) for model in self.folds]
-        return {
-            name: torch.stack([torch.softmax(logits_of(o).float(), dim=-1) for o in outputs]).mean(0).log()
-            for name, logits_of in self.heads.items()
-        }
-
-    def readers(self) -> dict[str, Callable]:
-        """Each head's logits in this model's outputs (for :func:`predict_heads`)."""
-        return {name: (lambda out, name=name: out[name]) for name in self.heads}
-
-
 def _prediction_heads(model: torch.nn.Module, objective: Objective) -> dict[str, Callable]:
     if isinstance(model, FoldEnsemble):
         return model.readers()
     return {"main": objective.logits, **objective.heads()}
-
-
-def _mean_history(histories: list[list[dict]]) -> list[dict]:
-    """Per epoch, the mean of each column over the folds that reached it (early stopping)."""
-    import numpy as np
-
-    epochs = max(len(h) for h in histories)
-    out = []
-    for e in range(epochs):
-        rows = [h[e] for h in histories if len(h) > e]
-        out.append({k: float(np.mean([r[k] for r in rows])) for k in rows[0]})
-    return out
-
-
-def fit_kfold(variant: Variant, data: TaskData, seed: int, objective, device, cfg, checkpoint: Path, key: str, name):
-    """Train one model per fold and predict with all of them: the returned model is their
-    :class:`FoldEnsemble` (the mean of the k models' probabilities); no fold is selected on its
-    validation score (that would select on noise). The summary keeps every fold's validation
-    and test accuracy (the spread) and best epoch; the history is the folds' mean per epoch."""
-    import numpy as np
-
-    from finch.evaluate import predict_heads
-
-    k = variant.recipe.kfold.k
-    results, val_acc, test_acc = [], [], []
-    readout = objective or Objective(variant.recipe.loss, data.num_classes, mixing=False)  # for predictions
-    for f, fold_data in enumerate(kfold_splits(data, k, seed)):
-        seed_everything(seed)
-        model = variant.build_model(seed)
-        result = fit(
-            model,
-            fold_data,
-            variant.recipe,
-            seed=seed,
-            device=device,
-            objective=objective,
-            checkpoint_path=checkpoint.with_name(f"{checkpoint.stem}-fold={f}.pt"),
-            fingerprint=f"{key}-fold{f}",
-            progress=cfg.runtime.progress,
-            desc=f"{name} fold {f + 1}/{k}",
-        )
-        best = result.history[result.best_epoch - 1]
-        val_acc.append(float(best["val_accuracy"]))
-        probs, _ = predict_heads(
-            result.model, data.test, data.to_inputs, variant.recipe.eval_batch_size, device, {"main": readout.logits}
-        )
-        test_acc.append(float((probs["main"].argmax(1) == data.test.y.numpy()).mean()))
-        results.append(result)
-    summary = {
-        "k": k,
-        "prediction": "mean of the fold models' probabilities",
-        "val_accuracy": val_acc,
-        "test_accuracy": test_acc,
-        "best_epoch": [r.best_epoch for r in results],
-        "val_accuracy_mean": float(np.mean(val_acc)),
-        "val_accuracy_std": float(np.std(val_acc, ddof=1)),
-        "test_accuracy_mean": float(np.mean(test_acc)),
-        "test_accuracy_std": float(np.std(test_acc, ddof=1)),
-    }
-    log.info(
-        "%s: %d-fold validation accuracy %.4f ± %.4f; the %d fold models are ensembled",
-        name,
-        k,
-        summary["val_accuracy_mean"],
-        summary["val_accuracy_std"],
-        k,
-    )
-    heads = {"main": readout.logits, **readout.heads()}
-    ensemble = FitResult(
-        model=FoldEnsemble([r.model for r in results], heads).eval(),
-        history=_mean_history([r.history for r in results]),
-        best_epoch=None,
-        train_time_s=sum(r.train_time_s for r in results),
-        train_images_per_s=float(np.mean([r.train_images_per_s for r in results])),
-        stopped_early=any(r.stopped_early for r in results),
-    )
-    return ensemble, summary
 
 
 def test_once(model, objective: Objective | None, data: TaskData, recipe: RecipeConfig, cfg: FinchConfig, device):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from finch.config import FinchConfig
 from finch.pipeline.paths import BACKBONE, FEATURES, MODELS, PREPARED, VIT_BACKBONE, file_hash, probe_weights
 
@@ -13,7 +15,7 @@ def plan(cfg: FinchConfig, device) -> list:
     from finch.io import load_tensors
     from finch.runner import PlannedVariant
     from finch.study import Variant
-    from finch.transfer import STRATEGIES, build_network, feature_extractor, feature_task
+    from finch.transfer import STRATEGIES, feature_extractor, feature_task
 
     data = load_task(PREPARED, "target")
     fc = cfg.finetune
@@ -34,14 +36,10 @@ def plan(cfg: FinchConfig, device) -> list:
         if spec.is_probe:
             cache = FEATURES / f"{spec.backbone}.safetensors"
             task = feature_task(load_tensors(cache), data, content_hash=file_hash(cache))
-
-            def build(seed, spec=spec, task=task):
-                return spec.head(task.train.x.shape[1], task.num_classes, fc.mlp_hidden)
+            build = partial(probe_head, spec, task.train.x.shape[1], task.num_classes, fc.mlp_hidden)
         else:
             task = data
-
-            def build(seed, strategy=strategy, model_cfg=model_cfg, weights=weights):
-                return build_network(strategy, fc, model_cfg, weights, data, probe_weights(seed))
+            build = partial(network, strategy, fc, model_cfg, weights, data)
 
         variant = Variant(
             stage="finetune",
@@ -51,11 +49,28 @@ def plan(cfg: FinchConfig, device) -> list:
             build_model=build,
             frozen_outside=backbone_size[spec.backbone] if spec.is_probe else 0,
             # its start is the seed's linear probe
-            seed_settings=(lambda seed: {"probe": file_hash(probe_weights(seed))}) if spec.head_from_probe else None,
+            seed_settings=probe_settings if spec.head_from_probe else None,
         )
         needs = ("linear_probe",) if spec.head_from_probe else ()
         planned.append(PlannedVariant(variant, task, cfg.seeds, MODELS / "finetune", needs=needs))
     return planned
+
+
+def probe_head(spec, in_features: int, num_classes: int, hidden: int, seed: int):
+    """A probe's head on ``in_features`` cached features (the caller has seeded)."""
+    return spec.head(in_features, num_classes, hidden)
+
+
+def network(strategy: str, fc, model_cfg, weights, data, seed: int):
+    """Strategy ``strategy``'s network from the pretrained ``weights`` (lp_ft: the seed's probe as its head)."""
+    from finch.transfer import build_network
+
+    return build_network(strategy, fc, model_cfg, weights, data, probe_weights(seed))
+
+
+def probe_settings(seed: int) -> dict:
+    """What the seed's linear probe adds to the settings of a run that starts from it."""
+    return {"probe": file_hash(probe_weights(seed))}
 
 
 def run(cfg: FinchConfig) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from finch.config import FinchConfig
 from finch.errors import ConfigError
 from finch.pipeline.paths import BACKBONE, MODELS, PREPARED, RUNS, VIT_BACKBONE, stage_metrics
@@ -53,7 +55,7 @@ def plan(cfg: FinchConfig, device) -> list:
     """The CNN and the ViT, each trained on the source classes with ``pretrain.seed`` (side by side
     when there are two workers)."""
     from finch.data.splits import load_task
-    from finch.models import build_model
+    from finch.models import build_from_backbone
     from finch.runner import PlannedVariant
     from finch.study import Variant
 
@@ -63,7 +65,7 @@ def plan(cfg: FinchConfig, device) -> list:
         variant = Variant(
             stage="pretrain",
             name=name,
-            build_model=lambda seed, model_cfg=model_cfg: build_model(model_cfg, source.num_classes, source.in_chans),
+            build_model=partial(build_from_backbone, model_cfg, source.num_classes, source.in_chans, None),
             recipe=recipe,
             settings={"model": model_cfg.model_dump(), "recipe": recipe.model_dump()},
         )

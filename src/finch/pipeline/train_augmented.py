@@ -13,6 +13,8 @@ would carry real-image knowledge into it. Its reference is
 
 from __future__ import annotations
 
+from functools import partial
+
 from finch.config import FinchConfig
 from finch.pipeline.paths import BACKBONE, MODELS, PREPARED, SYNTHETIC, file_hash
 
@@ -31,7 +33,7 @@ def augmented_variants(cfg: FinchConfig, data, synthetic_file: str) -> list[tupl
 
     from finch.data.splits import Split
     from finch.io import load_tensors
-    from finch.models import build_model, load_backbone
+    from finch.models import build_from_backbone
     from finch.study import Variant
 
     synthetic = load_tensors(synthetic_file)
@@ -66,12 +68,6 @@ def augmented_variants(cfg: FinchConfig, data, synthetic_file: str) -> list[tupl
         train = Split(torch.cat([p.x for p in parts]), torch.cat([p.y for p in parts]))
         task = replace(data, name=f"target+{name}", train=train, content_hash=f"{data.content_hash}+{name}")
 
-        def build(seed, pretrained=pretrained):
-            model = build_model(tc.model, data.num_classes, data.in_chans)
-            if pretrained:
-                load_backbone(model, BACKBONE)
-            return model
-
         settings = {
             "model": tc.model.model_dump(),
             "recipe": recipe.model_dump(),
@@ -79,6 +75,9 @@ def augmented_variants(cfg: FinchConfig, data, synthetic_file: str) -> list[tupl
             "mix": name,
             **({"synthetic_hash": file_hash(synthetic_file)} if share is not None else {}),
         }
+        build = partial(
+            build_from_backbone, tc.model, data.num_classes, data.in_chans, BACKBONE if pretrained else None
+        )
         variant = Variant(stage="augmented", name=name, build_model=build, recipe=recipe, settings=settings)
         out.append((variant, task))
     return out

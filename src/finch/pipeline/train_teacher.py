@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from finch.config import FinchConfig, ModelConfig, RecipeConfig
 from finch.pipeline.paths import BACKBONE, MODELS, PREPARED, file_hash
 
@@ -9,18 +11,13 @@ from finch.pipeline.paths import BACKBONE, MODELS, PREPARED, file_hash
 def backbone_cnn_variant(stage: str, name: str, model_cfg: ModelConfig, recipe: RecipeConfig, data):
     """A CNN fine-tuned from the pretrained backbone with ``recipe``: the teacher, and every
     recipe variant of the ablation stage."""
-    from finch.models import build_model, load_backbone
+    from finch.models import build_from_backbone
     from finch.study import Variant
-
-    def build(seed):
-        model = build_model(model_cfg, data.num_classes, data.in_chans)
-        load_backbone(model, BACKBONE)
-        return model
 
     return Variant(
         stage=stage,
         name=name,
-        build_model=build,
+        build_model=partial(build_from_backbone, model_cfg, data.num_classes, data.in_chans, BACKBONE),
         recipe=recipe,
         settings={"model": model_cfg.model_dump(), "recipe": recipe.model_dump(), "backbone_hash": file_hash(BACKBONE)},
     )
