@@ -36,3 +36,19 @@ def test_missing_markers_are_a_clear_error(tmp_path):
     readme.write_text("# no markers\n")
     with pytest.raises(ValueError, match="headline markers missing"):
         update_readme(readme, "| t |\n")
+
+
+def test_how_a_run_flows_names_files_that_exist():
+    """The README's walk through one run names real files, in the order a run passes them."""
+    import re
+
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## How a run flows") :]
+    section = section[: section.index("\n## ", 3)] if "\n## " in section[3:] else section
+    paths = re.findall(r"`((?:src|stages)/[\w/.]+)`", section)
+    assert len(paths) >= 8
+    missing = [p for p in paths if not (ROOT / p).exists()]
+    assert not missing, f"README's 'How a run flows' names files that do not exist: {missing}"
+    hops = ["entry.py", "runner.py", "study.py", "engine.py"]
+    order = [Path(p).name for p in paths if Path(p).name in hops]
+    assert order == sorted(order, key=hops.index) and set(order) == set(hops)
