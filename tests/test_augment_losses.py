@@ -48,7 +48,7 @@ def test_focal_loss_hand_computed():
     p = torch.softmax(logits, -1)[0, 0]
     expected = -((1 - p) ** 2) * torch.log(p)
     assert torch.allclose(focal_cross_entropy(logits, torch.tensor([[1.0, 0.0]]), gamma=2.0), expected)
-    obj = Objective(LossConfig(name="focal", focal_gamma=2.0), 2, mixing=False)
+    obj = Objective(LossConfig(name="focal", focal_gamma=2.0, label_smoothing=0.0), 2, mixing=False)
     assert torch.allclose(obj.loss(logits, torch.tensor([0]), None), expected)
 
 

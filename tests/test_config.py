@@ -1,10 +1,11 @@
+import copy
 from pathlib import Path
 
 import pytest
 import yaml
 
 from finch.cli import render_profile, write_profile
-from finch.config import AugmentConfig, RecipeConfig, deep_merge, load_params, parse_params
+from finch.config import AugmentConfig, FinchConfig, RecipeConfig, deep_merge, flatten, load_params, parse_params
 from finch.errors import ConfigError
 
 from .conftest import REPO
@@ -24,6 +25,76 @@ def test_every_profile_validates():
 
 def test_committed_params_yaml_is_the_default_profile():
     assert yaml.safe_load((REPO / "params.yaml").read_text()) == default_raw()
+
+
+def differing_keys(a: dict, b: dict) -> list[str]:
+    """The dotted keys whose values differ between two configs' dumps (or that only one has)."""
+    flat_a, flat_b = flatten(a), flatten(b)
+    missing = object()
+    return [k for k in sorted(flat_a.keys() | flat_b.keys()) if flat_a.get(k, missing) != flat_b.get(k, missing)]
+
+
+def test_default_profile_is_the_python_defaults():
+    """One source of defaults: every field's Python default is the default profile's value."""
+    profile = parse_params(default_raw()).model_dump(mode="json")
+    python = FinchConfig().model_dump(mode="json")
+    differ = differing_keys(profile, python)
+    assert not differ, "profiles/default.yaml and FinchConfig() disagree on: " + ", ".join(
+        f"{k} (profile {flatten(profile).get(k)!r}, Python {flatten(python).get(k)!r})" for k in differ
+    )
+    assert profile == python
+
+
+def test_the_default_recipe_is_the_teachers():
+    """The recipe is written once: RecipeConfig() is the default profile's teacher recipe, and
+    the default profile's other recipes state only keys whose values differ from it."""
+    raw = default_raw()
+    assert parse_params(raw).teacher.recipe == RecipeConfig()
+    default = flatten(RecipeConfig())
+    for section, slot in [
+        ("pretrain", "recipe"),
+        ("pretrain", "vit_recipe"),
+        ("student", "recipe"),
+        ("finetune", "probe_recipe"),
+        ("finetune", "recipe"),
+        ("finetune", "vit_recipe"),
+    ]:
+        stated = flatten(raw[section][slot])
+        repeated = sorted(k for k, v in stated.items() if default[k] == v)
+        assert not repeated, f"{section}.{slot} repeats the default recipe's {repeated}"
+
+
+def leaf_paths(data: dict, path: tuple = ()) -> list[tuple]:
+    return [
+        p
+        for key, value in data.items()
+        for p in (leaf_paths(value, (*path, key)) if isinstance(value, dict) and value else [(*path, key)])
+    ]
+
+
+def parsed_or_error(raw: dict) -> str:
+    try:
+        return parse_params(raw).model_dump_json()
+    except ConfigError as err:
+        return str(err)
+
+
+@pytest.mark.parametrize("name", ["smoke", "fmnist_gpu", "cub200"])
+def test_a_profile_states_only_what_differs_from_its_parent(name):
+    """Each key a profile sets changes its parsed config: none repeats what it inherits."""
+    raw = yaml.safe_load((REPO / "profiles" / f"{name}.yaml").read_text())
+    parent, _ = render_profile(raw.pop("extends"), REPO / "profiles")
+    merged = parsed_or_error(deep_merge(parent, raw))
+    repeats = []
+    for path in leaf_paths(raw):
+        trimmed = copy.deepcopy(raw)
+        node = trimmed
+        for key in path[:-1]:
+            node = node[key]
+        del node[path[-1]]
+        if parsed_or_error(deep_merge(parent, trimmed)) == merged:
+            repeats.append(".".join(path))
+    assert not repeats, f"profiles/{name}.yaml repeats its parent's values: {repeats}"
 
 
 def test_unknown_key_is_named_with_allowed_keys():

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from finch.config import FinchConfig, ModelConfig, StudentConfig
+from finch.config import TRANSFER_STRATEGIES, FinchConfig, ModelConfig, StudentConfig
 from finch.distill import build_student
 from finch.explain import (
     Explanation,
@@ -267,6 +267,7 @@ def stage_config(**explain) -> FinchConfig:
                 "model": {"name": "deit_tiny_distilled_patch16_224", "kwargs": TINY_VIT},
                 "variants": ["none", "hard", "class_token"],
             },
+            "finetune": {"strategies": list(TRANSFER_STRATEGIES)},  # every strategy's model summary
             "gan": {"width": 8, "z_dim": 8, "embed_dim": 4},
             "explain": explain,
         }

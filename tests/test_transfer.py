@@ -25,7 +25,9 @@ CPU = torch.device("cpu")
 TINY_VIT = ModelConfig(
     name="vit_tiny_patch16_224", kwargs={"img_size": 12, "patch_size": 4, "embed_dim": 16, "depth": 2, "num_heads": 2}
 )
-FT = FinetuneConfig(probe_recipe=RecipeConfig(augment={"flip": False, "translate": 0}), lora={"rank": 2})
+FT = FinetuneConfig(
+    probe_recipe=RecipeConfig(augment={"flip": False, "translate": 0}), lora={"rank": 2}, partial_stages=1
+)
 
 
 @pytest.fixture

@@ -26,6 +26,9 @@ from finch.config.recipe import (
 )
 from finch.config.runtime import AggregateConfig, EvaluateConfig, RuntimeConfig, TrackingConfig, VerifyConfig
 from finch.config.stages import (
+    ABLATION_VARIANTS,
+    DEIT_STUDENT,
+    RESNET10,
     STUDENT_VARIANTS,
     TRANSFER_STRATEGIES,
     VIT_BACKBONE,
@@ -46,9 +49,12 @@ from finch.config.stages import (
 )
 
 __all__ = [
+    "ABLATION_VARIANTS",
+    "DEIT_STUDENT",
     "FASHION_MNIST_CLASSES",
     "MAX_AUTO_PATCH",
     "MIN_PATCHES_PER_SIDE",
+    "RESNET10",
     "STUDENT_VARIANTS",
     "TRANSFER_STRATEGIES",
     "VIT_BACKBONE",

@@ -28,12 +28,13 @@ class DataConfig(Strict):
     image_size: int = Field(28, ge=8, le=1024)
     channels: Literal[1, 3] = 1
     target_classes: list[str] | None = Field(
-        None, description="class names of the fine-grained target task; null = all"
+        default_factory=lambda: ["T-shirt/top", "Pullover", "Coat", "Shirt"],
+        description="class names of the fine-grained target task; null = all",
     )
     source_classes: list[str] | Literal["rest"] = Field(
         "rest", description="classes for pretraining; 'rest' = all not in the target"
     )
-    per_class_train: int | None = Field(300, ge=2, description="null = all images")
+    per_class_train: int | None = Field(1000, ge=2, description="null = all images")
     per_class_pretrain: int | None = Field(1000, ge=2, description="null = all images")
     per_class_test: int | None = Field(
         None, ge=1, description="at most this many test images per class, the first in the source's order; null = all"

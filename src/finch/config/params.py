@@ -7,7 +7,7 @@ from pydantic import Field, ValidationError, model_validator
 from finch.config.base import Strict, deep_merge
 from finch.config.data import DataConfig
 from finch.config.model import ModelConfig
-from finch.config.recipe import AugmentConfig, RecipeConfig
+from finch.config.recipe import RecipeConfig
 from finch.config.runtime import (
     AggregateConfig,
     EvaluateConfig,
@@ -34,13 +34,13 @@ VIT_SLOTS = ("pretrain.vit_model", "student.model")
 
 class FinchConfig(Strict):
     profile: str = "default"
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4], min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     runtime: RuntimeConfig = RuntimeConfig()
     data: DataConfig = DataConfig()
     pretrain: PretrainConfig = PretrainConfig()
     teacher: TeacherConfig = TeacherConfig()
     student: StudentConfig = StudentConfig()
-    finetune: FinetuneConfig = FinetuneConfig(probe_recipe=RecipeConfig(augment=AugmentConfig(flip=False, translate=0)))
+    finetune: FinetuneConfig = FinetuneConfig()
     gan: GanConfig = GanConfig()
     synthetic: SyntheticConfig = SyntheticConfig()
     evaluate: EvaluateConfig = EvaluateConfig()

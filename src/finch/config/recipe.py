@@ -1,6 +1,9 @@
 """A training recipe: epochs, batch size, optimizer, scheduler, loss, augmentation and the rest.
 
 Every stage that trains (pretrain, teacher, student, finetune, ...) holds one or more of these.
+The defaults, at every level, are the default profile's teacher recipe: ``RecipeConfig()`` is
+that recipe, and every other recipe (in profiles/default.yaml and in the sections' defaults)
+states only what differs from it.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from finch.config.base import Strict
 
 class OptimizerConfig(Strict):
     name: Literal["sgd", "adam", "adamw"] = "adamw"
-    lr: float = Field(1e-3, gt=0.0, le=10.0)
+    lr: float = Field(2e-3, gt=0.0, le=10.0)
     weight_decay: float = Field(0.05, ge=0.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     nesterov: bool = True
@@ -39,7 +42,7 @@ class SchedulerConfig(Strict):
 
 class LossConfig(Strict):
     name: Literal["cross_entropy", "focal"] = "cross_entropy"
-    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
     focal_gamma: float = Field(2.0, ge=0.0)
 
 
@@ -81,7 +84,7 @@ class KFoldConfig(Strict):
 
 
 class RecipeConfig(Strict):
-    epochs: int = Field(15, ge=1)
+    epochs: int = Field(30, ge=1)
     batch_size: int = Field(64, ge=2)
     optimizer: OptimizerConfig = OptimizerConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
