@@ -108,6 +108,7 @@ def recipe(epochs: int):
             "batch_size": BATCH,
             "optimizer": {"name": "sgd", "lr": 0.01, "weight_decay": 0.0001, "momentum": 0.9},
             "scheduler": {"name": "cosine", "warmup_epochs": 1},
+            "loss": {"label_smoothing": 0.0},  # as before the default recipe smoothed
             "augment": {"flip": False, "translate": 0},
             "amp": "bf16",
             "channels_last": True,

@@ -37,6 +37,7 @@ __all__ = [
     "pg_user",
     "postgres_server",
     "run",
+    "run_stages",
     "smoke_env",
 ]
 
@@ -82,6 +83,27 @@ def make_smoke_repo(repo: Path, env: dict, *, commit: bool = False) -> None:
     run([sys.executable, "-m", "finch.cli", "profile", "smoke"], repo, env)
     if commit:
         git_commit(repo, env, "smoke profile")
+
+
+RUN_STAGES = """
+import logging, sys
+from finch.config import load_params
+from finch.pipeline.table import STAGES
+import importlib
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+cfg = load_params("params.yaml")
+for name in sys.argv[1:]:
+    importlib.import_module(STAGES[name].module).run(cfg)
+"""
+
+
+def run_stages(repo: Path, env: dict, names: list[str] | None = None) -> subprocess.CompletedProcess:
+    """Stages ``names`` (default: all, in the table's order) of the repository at ``repo``, each
+    through its module's ``run(cfg)`` as stages/X.py runs it, one after the other in one Python
+    process: the pipeline's work without DVC and without a process start per stage."""
+    from finch.pipeline.table import STAGES
+
+    return run([sys.executable, "-c", RUN_STAGES, *(names or list(STAGES))], repo, env)
 
 
 def git_commit(repo: Path, env: dict, message: str) -> None:

@@ -17,7 +17,6 @@ import pytest
 
 from .servers import git_commit, make_smoke_repo, open_trackers_at_once, run, smoke_env
 
-pytestmark = pytest.mark.slow
 EXPERIMENT = "finch-smoke"
 LRS = {"lr-low": 0.001, "lr-high": 0.004}  # experiment name → teacher.recipe.optimizer.lr
 SEEDS = [0]
@@ -151,12 +150,14 @@ def exp_revs(repo: Path, env: dict) -> dict[str, dict]:
     return found
 
 
+@pytest.mark.slow
 def test_both_experiments_succeeded(queued):
     assert queued.status == dict.fromkeys(LRS, "Success"), queued.logs
     for name, log in queued.logs.items():
         assert "MLflow logging failed" not in log, f"{name}:\n{log[-3000:]}"
 
 
+@pytest.mark.slow
 def test_every_run_is_in_the_main_workspace_store(queued):
     from mlflow.tracking import MlflowClient
 
@@ -177,6 +178,7 @@ def test_every_run_is_in_the_main_workspace_store(queued):
         assert (stored / "record/record.json").is_file(), r.info.artifact_uri
 
 
+@pytest.mark.slow
 def test_exp_show_lists_both_experiments(queued):
     from mlflow.tracking import MlflowClient
 

@@ -15,8 +15,6 @@ import pytest
 
 from .conftest import REPO
 
-pytestmark = pytest.mark.slow
-
 SCRIPT = textwrap.dedent(
     """
     import logging, sys, time
@@ -67,6 +65,7 @@ def record(workdir: Path) -> tuple[dict, str]:
     return json.loads((folder / "record.json").read_text()), (folder / "history.csv").read_text()
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
     clean = start(tmp_path / "clean")
     out, err = clean.communicate(timeout=600)

@@ -3,7 +3,7 @@
 CI has no GPU, so the profile's own numbers are never reproduced here; what is tested is that
 its settings (all target images, the small-input stem of teacher and backbone, the long ViT
 schedules, every student variant) build and train through the pipeline: the same profile with
-the smoke profile's sizes and the CPU, up to the student stage.
+the smoke profile's sizes and the CPU, up to the student stage (in one process, without DVC).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import sys
 import pytest
 import yaml
 
-from .servers import make_smoke_repo, run, smoke_env
+from .servers import make_smoke_repo, run, run_stages, smoke_env
 
 pytestmark = pytest.mark.slow
 
@@ -41,6 +41,7 @@ def test_gpu_profile_trains_on_the_cpu_at_smoke_size(tmp_path):
     assert params["teacher"]["model"]["small_input_stem"] and params["pretrain"]["model"]["small_input_stem"]
     assert params["student"]["variants"] == ["none", "soft", "hard", "class_token"]
     assert params["student"]["recipe"]["augment"]["mixup_alpha"] > 0  # the GPU recipe, sizes shrunk
-    run(["dvc", "repro", "train_student"], tmp_path, env)
+    run([sys.executable, "-m", "finch.cli", "check"], tmp_path, env)
+    run_stages(tmp_path, env, ["prepare", "pretrain", "train_teacher", "train_student"])
     for variant in ("none", "soft", "hard", "class_token"):
         assert (tmp_path / f"reports/runs/student/{variant}/seed=0/record.json").is_file(), variant

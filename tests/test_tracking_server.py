@@ -26,7 +26,7 @@ from .servers import (
     pg_bindir,
     pg_user,
     postgres_server,
-    run,
+    run_stages,
     smoke_env,
 )
 from .test_tracking import fake_record
@@ -50,12 +50,13 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def teacher_repo(server, tmp_path_factory):
-    """The smoke pipeline up to train_teacher, with MLFLOW_TRACKING_URI pointing at the server."""
+    """The smoke pipeline up to train_teacher (in one process), with MLFLOW_TRACKING_URI
+    pointing at the server."""
     repo = tmp_path_factory.mktemp("smoke-server")
     env = smoke_env()
     make_smoke_repo(repo, env)
     env["MLFLOW_TRACKING_URI"] = server.url
-    out = run(["dvc", "repro", "train_teacher"], repo, env)
+    out = run_stages(repo, env, ["prepare", "pretrain", "train_teacher"])
     return SimpleNamespace(path=repo, log=out.stdout + out.stderr)
 
 

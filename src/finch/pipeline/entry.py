@@ -60,11 +60,6 @@ def run_stage(module: ModuleType, params: str = "params.yaml") -> None:
     )
 
 
-def stage_module(name: str) -> ModuleType:
-    """``finch.pipeline.<name>`` for DVC stage ``name``."""
-    return importlib.import_module(STAGES[name].module)
-
-
 def _seconds_since_process_start() -> float:
     """Interpreter start plus imports so far (the cost every stage process pays)."""
     import psutil
