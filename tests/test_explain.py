@@ -2,6 +2,7 @@
 
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from finch.config import TRANSFER_STRATEGIES, FinchConfig, ModelConfig, StudentConfig
+from finch.config import FinchConfig, ModelConfig, StudentConfig
 from finch.distill import build_student
 from finch.explain import (
     Explanation,
@@ -21,8 +22,10 @@ from finch.explain import (
     vit_cam,
 )
 from finch.io import save_tensors, write_json
-from finch.model_summary import layer_rows, summarize, summary_markdown
+from finch.model_summary import layer_rows, summarize
 from finch.models import build_model, freeze_all_but
+from finch.pipeline.table import STAGES
+from finch.report.model_tables import summary_markdown
 
 from .conftest import TINY_MODEL, squares
 
@@ -267,8 +270,6 @@ def stage_config(**explain) -> FinchConfig:
                 "model": {"name": "deit_tiny_distilled_patch16_224", "kwargs": TINY_VIT},
                 "variants": ["none", "hard", "class_token"],
             },
-            "finetune": {"strategies": list(TRANSFER_STRATEGIES)},  # every strategy's model summary
-            "gan": {"width": 8, "z_dim": 8, "embed_dim": 4},
             "explain": explain,
         }
     )
@@ -292,39 +293,42 @@ def workspace(tmp_path, monkeypatch):
     return tmp_path
 
 
-def test_explain_stage_writes_figure_summaries_and_one_mlflow_run(workspace):
-    from finch.pipeline.explain import artifacts_key
+def test_explain_stage_writes_the_figure_and_one_mlflow_run(workspace):
     from finch.pipeline.explain import run as explain
-    from finch.tracking import KEY_TAG, Tracker
+    from finch.tracking import KEY_TAG, Tracker, files_key
 
     cfg = stage_config()
     explain(cfg)
-    assert (workspace / "reports/explanations.png").is_file()
-    folder = workspace / "reports/models"
-    summary = json.loads((folder / "summary.json").read_text())
-    for name in ("teacher", "student", "student_class_token", "pretrain_cnn", "pretrain_vit"):
-        assert (folder / f"{name}.md").is_file(), name
-    for name in ("gan_generator", "gan_discriminator", "finetune_vit_lora", "finetune_partial"):
-        assert (folder / f"{name}.md").is_file(), name
-    teacher = build_model(cfg.teacher.model, 2, 1)
-    assert (
-        summary["teacher"]["total"] == summary["teacher"]["trainable"] == sum(p.numel() for p in teacher.parameters())
-    )
-    assert 0 < summary["finetune_vit_lora"]["trainable"] < summary["finetune_vit_lora"]["total"]
+    figure = workspace / "reports/explanations.png"
+    assert figure.is_file()
+    assert not (workspace / "reports/models").exists()  # the aggregate writes the model tables, from the records
 
-    explain(cfg)  # same files, same key: nothing new in MLflow
+    explain(cfg)  # same figure, same params, same key: nothing new in MLflow
     tracker = Tracker(cfg.tracking, cfg.profile)
     (run,) = tracker.search("tags.`finch.stage` = 'explain'")
-    tags = run.data.tags
+    tags, params = run.data.tags, run.data.params
     assert run.info.status == "FINISHED"
     assert (tags["finch.variant"], tags["finch.kind"]) == ("default", "artifacts")
-    assert tags[KEY_TAG] == artifacts_key(workspace / "reports/explanations.png", folder)
-    assert run.data.params["explain.seed"] == "3" and run.data.params["explain.student_variant"] == "hard"
-    artifacts = {a.path for a in tracker.client.list_artifacts(run.info.run_id)}
-    assert artifacts == {"explanations.png", "models"}
-    logged = {a.path for a in tracker.client.list_artifacts(run.info.run_id, "models")}
-    assert "models/summary.json" in logged and "models/teacher.md" in logged
+    assert params["explain.seed"] == "3" and params["explain.student_variant"] == "hard"
+    assert tags[KEY_TAG] == files_key([figure], params)  # the key is what the run holds
+    assert {a.path for a in tracker.client.list_artifacts(run.info.run_id)} == {"explanations.png"}
     assert tracker.logged_keys() == {tags[KEY_TAG]}  # a complete run: kept
+
+
+def test_explain_reads_only_what_it_explains():
+    """The teacher's model and the students: no model of pretrain, finetune or the GAN is built
+    (each training stage records its own models' parameters; the aggregate tables them)."""
+    import ast
+
+    import finch.pipeline.explain as module
+
+    row = STAGES["explain"]
+    assert not {p.split(".")[0] for p in row.params} & {"pretrain", "finetune", "gan"}
+    assert "teacher.model" in row.params and "teacher" not in row.params  # its recipe changes no map
+    assert "reports/models" not in row.outs and "reports/models" in STAGES["aggregate"].outs
+    tree = ast.parse(Path(module.__file__).read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert not imported & {"finch.gan", "finch.transfer", "finch.model_summary"}
 
 
 def test_explain_stage_survives_tracking_failure_and_respects_disabled(workspace, monkeypatch, caplog):
@@ -339,7 +343,6 @@ def test_explain_stage_survives_tracking_failure_and_respects_disabled(workspace
         explain(stage_config(images_per_class=1))
     assert "store down" in caplog.text
     assert (workspace / "reports/explanations.png").is_file()
-    assert (workspace / "reports/models/summary.json").is_file()
 
     monkeypatch.undo()
     monkeypatch.chdir(workspace)

@@ -287,3 +287,31 @@ def test_a_training_stage_looks_only_at_its_own_stage_runs(tmp_path, store, monk
 def test_stage_names_in_a_search_filter_must_be_identifiers(store):
     with pytest.raises(ValueError, match="stage name"):
         Tracker(store, "test").finch_runs(["teacher' OR '1"])
+
+
+def test_files_run_is_logged_once_and_a_failed_upload_is_replaced(tmp_path, store, monkeypatch):
+    figure = tmp_path / "figure.png"
+    figure.write_bytes(b"a figure")
+    tracker = Tracker(store, "test")
+    real_log_artifact = tracker.client.log_artifact
+
+    def upload_fails(*args, **kwargs):
+        raise ConnectionError("store down mid-upload")
+
+    monkeypatch.setattr(tracker.client, "log_artifact", upload_fails)
+    with pytest.raises(ConnectionError):
+        tracker.log_files_once("explain", {"explain.seed": 0}, [figure])
+    (failed,) = tracker.search()
+    assert failed.info.status == "FAILED" and KEY_TAG not in failed.data.tags  # never trusted
+
+    monkeypatch.setattr(tracker.client, "log_artifact", real_log_artifact)
+    run_id = tracker.log_files_once("explain", {"explain.seed": 0}, [figure])
+    assert tracker.log_files_once("explain", {"explain.seed": 0}, [figure]) is None  # same content: logged already
+    (run,) = tracker.search()  # the failed attempt is gone
+    assert run.info.run_id == run_id and run.info.status == "FINISHED"
+    assert (run.data.tags["finch.stage"], run.data.tags["finch.kind"]) == ("explain", "artifacts")
+    assert run.data.params == {"explain.seed": "0"}
+    assert {a.path for a in tracker.client.list_artifacts(run_id)} == {"figure.png"}
+    figure.write_bytes(b"another figure")  # new content, new run
+    assert tracker.log_files_once("explain", {"explain.seed": 0}, [figure]) not in (None, run_id)
+    assert len(tracker.search()) == 2

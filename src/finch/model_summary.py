@@ -1,4 +1,5 @@
-"""Parameter counts of a model, per block and trainable vs total, as markdown and JSON.
+"""Parameter counts of a model, per block and trainable vs total, as JSON (a run record keeps
+its model's; :mod:`finch.report.model_tables` renders them as markdown).
 
 Counted from ``named_parameters`` (no forward pass, so two-input models such as the GAN's
 discriminator need no example input): every parameter is counted once, in the first row
@@ -18,6 +19,7 @@ from typing import Any
 from torch import nn
 
 CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)  # a one-block list is still a level
+SUMMARY_DEPTH = 2  # what a run record keeps: blocks two levels down (a few dozen rows, a few kB)
 
 
 def _row(name: str, kind: str, params: list[nn.Parameter]) -> dict[str, Any]:
@@ -73,20 +75,12 @@ def summarize(model: nn.Module, depth: int = 2) -> dict[str, Any]:
     }
 
 
-def summary_markdown(name: str, summary: dict[str, Any], note: str = "") -> str:
-    """A summary from :func:`summarize` as a markdown section: totals, then one row per block."""
-    total, trainable = summary["total"], summary["trainable"]
-    share = trainable / total if total else 0.0
-    lines = [
-        f"# {name}",
-        "",
-        *([note, ""] if note else []),
-        f"`{summary['model']}`: **{total:,}** parameters, **{trainable:,}** trainable ({share:.1%}), "
-        f"{summary['frozen']:,} frozen.",
-        "",
-        "| layer | type | parameters | trainable |",
-        "|---|---|---:|---:|",
-    ]
-    lines += [f"| `{r['name']}` | {r['type']} | {r['params']:,} | {r['trainable']:,} |" for r in summary["layers"]]
-    lines.append(f"| **total** | | **{total:,}** | **{trainable:,}** |")
-    return "\n".join(lines) + "\n"
+def run_summary(model: nn.Module, frozen_outside: int = 0) -> dict[str, Any]:
+    """:func:`summarize` at :data:`SUMMARY_DEPTH`, as a run record keeps it. ``frozen_outside``:
+    frozen parameters the run uses outside ``model`` (a probe's backbone, run once to cache its
+    features); recorded as ``frozen_outside`` where non-zero, not in the rows or the total (the
+    run's ``params_total`` metric counts them)."""
+    summary = summarize(model, SUMMARY_DEPTH)
+    if frozen_outside:
+        summary["frozen_outside"] = frozen_outside
+    return summary

@@ -1,7 +1,8 @@
 """Per-run records: the source of truth for every training run.
 
 A run writes ``reports/runs/<stage>/<variant>/seed=<n>/record.json`` (identity, tags, params,
-metrics, cost, what kind of run it is, its artifacts) and ``history.csv`` (one row per epoch).
+metrics, cost, what kind of run it is, its artifacts, its models' parameter summaries) and
+``history.csv`` (one row per epoch).
 MLflow is fed from these files, so a run restored by DVC's run-cache, or one whose logging
 failed, can still be logged later by :func:`finch.tracking.sync`.
 
@@ -116,6 +117,10 @@ class RunRecord(BaseModel):
     kfold: dict[str, Any] | None = None
     warnings: list[str] = Field(default_factory=list)
     datasets: list[dict[str, str]] = Field(default_factory=list)  # MLflow dataset inputs (TaskData.dataset_inputs)
+    # what the run trained, per model (a classifier: "model"; the GAN: "generator", "discriminator"):
+    # finch.model_summary.run_summary, with the stage's freezing; a k-fold run: one fold model.
+    # Describes the run, does not define it: not in params, the settings hash or the run key
+    model_summaries: dict[str, dict[str, Any]] = Field(default_factory=dict)
     # not in record.json: the per-epoch history lives in history.csv, the folder is where it was read
     history: list[dict[str, float]] = Field(default_factory=list, exclude=True)
     path: Path | None = Field(default=None, exclude=True)

@@ -25,6 +25,7 @@ from finch.data.splits import TaskData
 from finch.evaluate import HEAD_METRICS, agreement_with, classification_metrics, predict_heads
 from finch.io import save_tensors
 from finch.kfold import FoldEnsemble, fit_kfold
+from finch.model_summary import run_summary
 from finch.models import parameter_counts
 from finch.runs import RunKind, RunRecord, run_key, run_name
 from finch.train.engine import fit
@@ -199,6 +200,10 @@ def execute(
         kfold=kfold,
         history=result.history,
         datasets=data.dataset_inputs(),
+        # what it trained, with its freezing; a k-fold run's k fold models are alike: the first stands for them
+        model_summaries={
+            "model": run_summary(result.model.folds[0] if kfold else result.model, variant.frozen_outside)
+        },
     )
     folder = record.write(runs_root)
     log.info("%s: test accuracy %.4f (best epoch %s)", name, metrics["accuracy"], result.best_epoch or "per fold")

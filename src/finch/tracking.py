@@ -140,14 +140,25 @@ class Tracker:
                 deleted += 1
         return deleted
 
+    @contextlib.contextmanager
+    def _keyed_run(self, name: str, tags: dict[str, str], key: str) -> Iterator[str]:
+        """A new run for the caller to fill; then its key tag, set last, and FINISHED. A failure
+        while filling it marks it FAILED without a key (:meth:`delete_incomplete_runs` removes it)."""
+        run_id = self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
+        try:
+            yield run_id
+            self.client.set_tag(run_id, KEY_TAG, key)
+            self.client.set_terminated(run_id, "FINISHED")
+        except Exception:
+            self.client.set_terminated(run_id, "FAILED")
+            raise
+
     def log_record(self, rec: RunRecord) -> str:
         """Upload one run record: params, tags, per-epoch curves, metrics, its artifacts and weights."""
         from mlflow.entities import Metric, Param
 
         tags = {k: v for k, v in rec.tags.items() if k != KEY_TAG}
-        run = self.client.create_run(self.experiment_id, run_name=rec.run_name, tags=tags)
-        run_id = run.info.run_id
-        try:
+        with self._keyed_run(rec.run_name, tags, rec.run_key) as run_id:
             now = int(time.time() * 1000)
             metrics = [
                 Metric(k, float(v), now, int(row["epoch"]))
@@ -170,11 +181,25 @@ class Tracker:
             weights = Path(rec.weights) if rec.weights else None  # relative to the workspace the stage ran in
             if self.cfg.log_weights and weights is not None and weights.is_file():
                 self.client.log_artifact(run_id, str(weights), "weights")
-            self.client.set_tag(run_id, KEY_TAG, rec.run_key)
-            self.client.set_terminated(run_id, "FINISHED")
-        except Exception:
-            self.client.set_terminated(run_id, "FAILED")
-            raise
+        return run_id
+
+    def log_files_once(self, stage: str, params: dict, files: list[Path]) -> str | None:
+        """One run of ``stage`` (variant ``default``, kind ``artifacts``) holding ``params`` and
+        ``files``, keyed by their content (:func:`files_key`): returns its id, or None where a
+        complete run with that key is logged already, so a re-run logs nothing new. Half-logged
+        runs of ``stage`` are deleted first, so a failed attempt is replaced, not shown twice."""
+        from mlflow.entities import Param
+
+        key = files_key(files, params)
+        runs = self.finch_runs([stage])
+        self.delete_incomplete_runs(runs)
+        if key in self.complete_runs(runs):
+            return None
+        tags = run_tags(stage, "default", self.profile, **{"finch.kind": "artifacts"})
+        with self._keyed_run(stage, tags, key) as run_id:
+            _log_batches(self.client, run_id, [], [Param(k, str(v)) for k, v in params.items()])
+            for path in files:
+                self.client.log_artifact(run_id, str(path))
         return run_id
 
     def log_summary(
@@ -231,6 +256,15 @@ class Tracker:
             if child is not None and child.data.tags.get(PARENT_TAG) != parent_id:
                 self.client.set_tag(child.info.run_id, PARENT_TAG, parent_id)
         return created
+
+
+def files_key(files: list[Path], params: dict) -> str:
+    """The run key of a run holding ``files`` and ``params`` (as MLflow keeps them: strings):
+    sha256 of both, first 16 hex digits."""
+    h = hashlib.sha256(json.dumps({k: str(v) for k, v in params.items()}, sort_keys=True).encode())
+    for path in files:
+        h.update(Path(path).read_bytes())
+    return h.hexdigest()[:16]
 
 
 def _dataset_input(dataset: dict[str, str]):

@@ -1,4 +1,4 @@
-"""Stage `aggregate`: tables, intervals, figures and the MLflow sync."""
+"""Stage `aggregate`: tables, intervals, figures, the models' parameter tables and the MLflow sync."""
 
 from __future__ import annotations
 
@@ -10,10 +10,12 @@ from finch.errors import ConfigError
 from finch.pipeline.paths import PREPARED, REPORTS, RUNS
 
 log = logging.getLogger(__name__)
+MODEL_TABLES = REPORTS / "models"  # each model's parameters per block (finch.report.model_tables)
 
 
 def run(cfg: FinchConfig) -> None:
-    """Tables, intervals and figures from every run record; then sync MLflow."""
+    """Tables, intervals, figures and the models' parameter tables from every run record; then sync MLflow."""
+    from finch.report.model_tables import write_model_tables
     from finch.report.results import write_reports
     from finch.runs import find_records
 
@@ -29,6 +31,8 @@ def run(cfg: FinchConfig) -> None:
         floors_path=REPORTS / "floors.json",
     )
     log.info("wrote %s (%d runs)", REPORTS / "results.md", len(records))
+    tables = write_model_tables(records, MODEL_TABLES)
+    log.info("wrote %s: the parameters of %d models, from their run records", MODEL_TABLES, len(tables))
     write_headline(REPORTS)
     if cfg.tracking.enabled:
         sync_mlflow(cfg, records, summary)

@@ -12,8 +12,10 @@ def run(cfg: FinchConfig) -> None:
     import time
 
     from finch.data.splits import first_per_class, load_task
+    from finch.gan import Discriminator
     from finch.gan import train_gan as train
     from finch.io import save_tensors
+    from finch.model_summary import run_summary
     from finch.runs import RunKind, RunRecord, write_stage_metrics
     from finch.tracking import log_runs_safely
     from finch.train.runtime import configure, numerics
@@ -45,6 +47,11 @@ def run(cfg: FinchConfig) -> None:
         weights=str(weights),
         artifacts={"sample_grids": str(GAN_DIR / "grids")},
         history=result.history,
+        model_summaries={
+            "generator": run_summary(result.generator),
+            # not kept after training; its size does not depend on the weights, so a fresh one tells it
+            "discriminator": run_summary(Discriminator(data.num_classes, data.in_chans, data.image_size, cfg.gan)),
+        },
     )
     save_tensors(
         weights, result.generator.state_dict(), {"run_key": record.run_key, "classes": ",".join(data.class_names)}
