@@ -1,4 +1,4 @@
-"""DVC stage `explain`: Grad-CAM maps of the teacher and a student, and every model's parameter summary."""
+"""DVC stage `explain`: Grad-CAM maps of the teacher and a student on fixed test images, logged to MLflow."""
 
 from finch.pipeline import explain
 from finch.pipeline.entry import run_stage
