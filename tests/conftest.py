@@ -101,3 +101,25 @@ def train_seeds(variant, data, seeds, cfg, device, runs_root, models_root) -> li
     cfg = cfg.model_copy(update={"runtime": cfg.runtime.model_copy(update={"workers": 1})})
     planned = PlannedVariant(variant, data, list(seeds), Path(models_root), Path(runs_root), check_convergence=False)
     return train_planned([planned], cfg, device)
+
+
+# Modules whose set-up runs a pipeline, a server or a browser, longest first. xdist hands out
+# whole files in collection order (scripts/test.sh: --dist loadfile --no-loadscope-reorder), so
+# starting these first lets the short files fill in around them instead of the end-to-end file
+# starting last and running alone (longest-processing-time-first scheduling).
+LONG_FIRST = (
+    "test_pipeline_e2e",
+    "test_dvc_queue",
+    "test_tracking_server",
+    "test_mlflow_ui",
+    "test_gpu_profile",
+    "test_faults",
+    "test_own_dataset",
+    "test_distributed",
+    "test_runner",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONG_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(LONG_FIRST)))  # stable: files keep their order

@@ -119,7 +119,7 @@ def queued(tmp_path_factory):
                 break
             if time.monotonic() - started > TIMEOUT_S:
                 pytest.fail(f"queued experiments not done after {TIMEOUT_S} s: {status}\n{worker_logs(repo)}")
-            time.sleep(5)
+            time.sleep(2)
     finally:
         subprocess.run(["dvc", "queue", "stop"], cwd=repo, env=env, capture_output=True, timeout=120)
         stop_workers(repo)

@@ -67,10 +67,7 @@ def record(workdir: Path) -> tuple[dict, str]:
 
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
-    clean = start(tmp_path / "clean")
-    out, err = clean.communicate(timeout=600)
-    assert clean.returncode == 0 and "DONE" in out, err[-2000:]
-
+    clean = start(tmp_path / "clean")  # the uninterrupted run, beside the victim: same numbers whatever runs beside
     victim = start(tmp_path / "killed")
     checkpoint = tmp_path / "killed" / ".finch" / "checkpoints" / "toy" / "kill" / "seed=0.pt"
     deadline = time.time() + 300
@@ -90,6 +87,8 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
     out, err = resumed.communicate(timeout=600)
     assert resumed.returncode == 0 and "DONE" in out, err[-2000:]
     assert "resumed from the checkpoint after epoch" in err
+    out, err = clean.communicate(timeout=600)
+    assert clean.returncode == 0 and "DONE" in out, err[-2000:]
 
     (rec_clean, hist_clean), (rec_resumed, hist_resumed) = record(tmp_path / "clean"), record(tmp_path / "killed")
     assert rec_resumed["metrics"] == rec_clean["metrics"]  # bit-identical, not approximately

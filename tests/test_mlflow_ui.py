@@ -7,6 +7,7 @@ import importlib.util
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -84,19 +85,32 @@ def test_missing_store_is_named(tmp_path):
         pass
 
 
-@pytest.mark.slow
-def test_screenshot_shows_the_runs_in_a_real_browser(tmp_path):
+@pytest.fixture(scope="module")
+def ui(tmp_path_factory):
+    """One MLflow server over the two-family store for the browser tests (a server start each
+    cost seconds): its URL, run id → name and parent id → child ids. The summary runs also log
+    ``accuracy_ci_low``, so the charts view has two metrics to draw."""
     pytest.importorskip("playwright.sync_api", reason="Playwright not installed (bash scripts/setup-test.sh)")
     if screenshot.find_chromium() is None:
         pytest.skip("no Chromium executable (bash scripts/setup-test.sh as root, or set FINCH_CHROMIUM)")
+    root = tmp_path_factory.mktemp("ui-store")
+    uri, names, children = make_store(root)
+    client = MlflowClient(tracking_uri=uri)
+    for run_id in children:
+        client.log_metric(run_id, "accuracy_ci_low", 0.75)
+    with mlflow_server(uri, (root / "mlartifacts").as_uri()) as base:
+        yield SimpleNamespace(base=base, names=names, children=children)
+
+
+@pytest.mark.slow
+def test_screenshot_shows_the_runs_in_a_real_browser(ui, tmp_path):
     from PIL import Image
 
-    uri, names, children = make_store(tmp_path)
+    names, children = ui.names, ui.children
     out = tmp_path / "shots" / "runs.png"
-    with mlflow_server(uri, (tmp_path / "mlartifacts").as_uri()) as base:
-        with pytest.raises(screenshot.UIError, match="no-such-experiment"):
-            screenshot.experiment_id(base, "no-such-experiment")
-        seen = screenshot.screenshot_runs(base, EXPERIMENT, out, viewport=(1600, 1000))
+    with pytest.raises(screenshot.UIError, match="no-such-experiment"):
+        screenshot.experiment_id(ui.base, "no-such-experiment")
+    seen = screenshot.screenshot_runs(ui.base, EXPERIMENT, out, viewport=(1600, 1000))
 
     # the summary runs are the table's top-level rows; expanded, every run shows
     assert sorted(seen["top_level"]) == sorted(FAMILIES)
@@ -114,21 +128,12 @@ def test_screenshot_shows_the_runs_in_a_real_browser(tmp_path):
 
 
 @pytest.mark.slow
-def test_charts_view_shows_a_chart_per_summary_metric_without_adding_any(tmp_path):
+def test_charts_view_shows_a_chart_per_summary_metric_without_adding_any(ui, tmp_path):
     """The charts view of one study's summary runs (the README's second picture): MLflow draws
     a chart per metric those runs logged, with a bar per run, filtered to that study."""
-    pytest.importorskip("playwright.sync_api", reason="Playwright not installed (bash scripts/setup-test.sh)")
-    if screenshot.find_chromium() is None:
-        pytest.skip("no Chromium executable (bash scripts/setup-test.sh as root, or set FINCH_CHROMIUM)")
-    uri, names, _ = make_store(tmp_path)
-    client = MlflowClient(tracking_uri=uri)
-    for run_id, name in names.items():
-        if name.endswith("/summary"):
-            client.log_metric(run_id, "accuracy_ci_low", 0.75)
     out = tmp_path / "chart.png"
     query = "tags.`finch.kind` = 'summary' AND tags.`finch.stage` = 'student'"
-    with mlflow_server(uri, (tmp_path / "mlartifacts").as_uri()) as base:
-        seen = screenshot.screenshot_chart(base, EXPERIMENT, out, query, viewport=(1600, 1000))
+    seen = screenshot.screenshot_chart(ui.base, EXPERIMENT, out, query, viewport=(1600, 1000))
     assert seen["charts"] == ["accuracy_ci_low", "accuracy_mean"]  # one per metric, none added by hand
     assert seen["runs"] == ["student/none/summary"]  # the filter keeps the one study's summary runs
     assert out.is_file() and out.stat().st_size > 20_000
