@@ -22,7 +22,7 @@ SMOKE_SIZED = {
     "profile": "fmnist_gpu_smoke",
     "seeds": [0],
     "runtime": {"device": "cpu", "threads": 1, "workers": 1, "progress": False},
-    "data": {"per_class_train": 24, "per_class_pretrain": 30},
+    "data": {"per_class_train": 24, "per_class_pretrain": 30, "per_class_test": 50},  # not 1,000s of test images a run
     "synthetic": {"real_per_class": 10},  # the GAN study's scarce images fit the smoke-sized data
     "pretrain": {"recipe": {"epochs": 1, "batch_size": 32}, "vit_recipe": {"epochs": 1, "batch_size": 32}},
     "teacher": {"recipe": {"epochs": 1, "batch_size": 16}},
