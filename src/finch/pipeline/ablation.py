@@ -12,6 +12,7 @@ from finch.config import FinchConfig
 from finch.pipeline.paths import MODELS, PREPARED, RUNS, stage_metrics
 
 log = logging.getLogger(__name__)
+NOTHING_RUN = "nothing_run.txt"
 
 
 def plan(cfg: FinchConfig, device) -> list:
@@ -52,6 +53,9 @@ def run(cfg: FinchConfig) -> None:
     if not cfg.ablation.run:  # nothing to train: no torch, no MLflow (the stage's start-up stays small)
         from finch.runs import write_stage_metrics
 
+        # a file, so that git keeps the (uncached) runs folder and a fresh clone's `dvc status`
+        # finds the output it recorded instead of calling ablation and aggregate changed
+        (RUNS / "ablation" / NOTHING_RUN).write_text("ablation.run is empty: this study trains no ablation\n")
         write_stage_metrics(RUNS, "ablation", stage_metrics("ablation"))
         return
     from finch.pipeline.training import run_training_stage
