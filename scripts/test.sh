@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The test suite: set up (main job's and tests' dependencies), then pytest: unit tests and the
 # end-to-end smoke pipeline, spread over both cores (pytest-xdist; a file's tests stay on one
-# worker, so a module's fixtures are built once; modules with long set-ups go first: tests/conftest.py). Extra arguments go to pytest (`make test`
-# passes -m "not slow"); FINCH_TEST_WORKERS=0 runs them all in this process.
+# worker, so a module's fixtures are built once; modules with long set-ups go first, see
+# tests/conftest.py). Extra arguments go to pytest (`make test` passes -m "not slow");
+# FINCH_TEST_WORKERS=0 runs them all in this process.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup-test.sh

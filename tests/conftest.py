@@ -115,7 +115,6 @@ LONG_FIRST = (
     "test_gpu_profile",
     "test_faults",
     "test_own_dataset",
-    "test_distributed",
     "test_runner",
 )
 
