@@ -279,3 +279,25 @@ def test_null_unsets_an_inherited_kwarg():
     assert cfg.pretrain.vit_model.kwargs == {"img_size": 224, "patch_size": 16}  # vit_small's own widths
     assert cfg.teacher.model.kwargs == {} and cfg.pretrain.model.kwargs == {}  # resnet50's own channels
     assert "embed_dim" not in cfg.student.model.kwargs  # deit_tiny's, so its pretrained weights fit
+
+
+def test_every_number_a_profile_cites_names_the_validation_split():
+    """Issue 26.8: a comment that justifies a choice with a measured score says it is a validation
+    number (design is read off validation only; the test split is touched once, after it)."""
+    import re
+
+    score = re.compile(r"(measured|reached|\bvs\b|accuracy|[+-]0\.\d{3})")
+    for path in sorted((REPO / "profiles").glob("*.yaml")):
+        blocks, block = [], []
+        for line in path.read_text().splitlines():
+            comment = line.split("#", 1)[1] if "#" in line else ""
+            if line.lstrip().startswith("#") or (comment and block and not line.split("#", 1)[0].strip()):
+                block.append(comment)
+            else:
+                if block:
+                    blocks.append(" ".join(block))
+                block = [comment] if comment else []
+        blocks.append(" ".join(block))
+        for text in blocks:
+            if score.search(text) and re.search(r"\b0\.\d{2,}", text):
+                assert "validation" in text, f"{path.name}: a cited number without its split: {text.strip()[:160]}"

@@ -130,3 +130,21 @@ def test_synthetic_quality_has_a_real_vs_real_reference_of_the_same_size_per_cla
     for row in (q["overall"], *q["per_class"].values()):
         assert {"fid", "kid", "kid_std", "precision", "recall"} <= set(row) <= set(row["reference"]) | {"reference"}
         assert 0.7 < row["reference"]["precision"] <= 1 and 0.7 < row["reference"]["recall"] <= 1
+
+
+def test_kid_spread_is_over_subsets_smaller_than_the_set_and_the_reference_over_several_draws():
+    """Issue 26.6: KID's 50 subsets were the whole set (a spread of ~1e-16); they are half of it
+    now. The real-vs-real reference is the mean and SD of several disjoint draws, so its noise
+    shows."""
+    from finch.gan import REFERENCE_DRAWS, fid_kid, kid_subset_size
+
+    assert kid_subset_size(400) == 200 and kid_subset_size(5000) == 1000 and kid_subset_size(3) == 2
+    g = torch.Generator().manual_seed(1)
+    a, b = torch.randn(200, 4, generator=g), torch.randn(200, 4, generator=g) + 0.3
+    assert fid_kid(a, b)["kid_std"] > 1e-6
+    real_y = torch.arange(400) % 2
+    real = torch.randn(400, 4, generator=g)
+    q = synthetic_quality(real, real_y, real[:100], real_y[:100], ["a", "b"], k=3, seed=0)
+    ref = q["overall"]["reference"]
+    assert ref["draws"] == REFERENCE_DRAWS and ref["fid_sd"] > 0 and ref["kid_sd"] > 0
+    assert ref["precision_sd"] >= 0 and ref["recall_sd"] >= 0

@@ -27,7 +27,6 @@ TINY = {
     "finetune": {"strategies": ["linear_probe", "scratch", "vit_linear_probe", "vit_lora", "vit_full"]},
     "synthetic": {"ratios": [1.0], "real_per_class": None},
     "ablation": {"run": []},
-    "convergence": {"enabled": False},
 }
 
 

@@ -2,12 +2,14 @@
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -112,8 +114,21 @@ def test_smoke_outputs_and_records(smoke_repo):
         "reports/headline.md",
         "reports/plots/accuracy.csv",
         "reports/plots/curves_student.csv",
+        "reports/budgets.csv",
+        "reports/plateau.csv",
+        "reports/budget_comparisons.csv",
     ]:
         assert (repo / path).is_file(), path
+    # budget curves (issue 26): one run per seed, a decay branch at 6 steps and the main run to 8
+    assert all([b["steps"] for b in r.budgets] == [6, 8] for r in teachers)
+    assert "Plateau rule" in results and "Every comparison at every budget" in results
+    hard_vs_none = pd.read_csv(repo / "reports/budget_comparisons.csv").query(
+        "variant == 'hard' and baseline == 'none'"
+    )
+    assert list(hard_vs_none.steps) == [6, 8] and hard_vs_none.verdict.nunique() == 1
+    probe = next(r for r in records if r.variant == "linear_probe")
+    assert probe.history[0]["C"] > 0 and not probe.budgets  # the closed-form probe: compared at every budget
+    assert quality["real_split"] == "validation" and quality["overall"]["reference"]["draws"] >= 2
     # each training stage's own DVC metrics: its variants' means over seeds
     student_metrics = json.loads((repo / "reports/metrics/train_student.json").read_text())
     assert set(student_metrics["student"]) == set(STUDENT_VARIANTS)
@@ -126,7 +141,7 @@ def test_dvc_plots_and_metrics_render(smoke_repo):
     repo, env = smoke_repo
     run(["dvc", "plots", "show", "-o", "plots_html"], repo, env)
     html = (repo / "plots_html" / "index.html").read_text()
-    assert "curves_student.csv::hard" in html and "test accuracy per variant" in html
+    assert "curves_student.csv::hard" in html and "test accuracy per variant" in html and "against budget" in html
     metrics = run(["dvc", "metrics", "show", "--json"], repo, env).stdout
     assert "teacher" in json.loads(metrics)[""]["data"]["reports/summary.json"]["data"]
 
@@ -300,7 +315,8 @@ def test_a_training_stage_runs_under_torchrun(smoke_repo):
     assert sorted(r.seed for r in teachers) == [0, 1]  # written once, by rank 0
     card = json.loads((repo / "data/prepared/card.json").read_text())
     n_test = sum(card["target"]["counts"]["test"].values())
-    epochs = yaml.safe_load((repo / "params.yaml").read_text())["teacher"]["recipe"]["epochs"]
+    recipe = yaml.safe_load((repo / "params.yaml").read_text())["teacher"]["recipe"]
+    epochs = math.ceil(recipe["budgets"][-1])  # budgets in epochs: the run lasts its last one
     for rec in teachers:
         assert rec.tags["finch.world_size"] == "2"
         assert sum(map(sum, rec.confusion)) == n_test  # every test image once
@@ -308,6 +324,7 @@ def test_a_training_stage_runs_under_torchrun(smoke_repo):
         assert rec.metrics["accuracy"] == pytest.approx(trace / n_test)  # the ranks' predictions gathered in order
         history = repo / f"reports/runs/teacher/default/seed={rec.seed}/history.csv"
         assert len(history.read_text().splitlines()) == 1 + epochs  # header + an epoch each, written once
+        assert len(rec.budgets) == len(recipe["budgets"])  # each budget tested once, on the gathered predictions
     assert (repo / "reports/runs/teacher/default/ensemble.json").is_file()
     mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["finch-smoke"], filter_string="tags.`finch.world_size` = '2'")

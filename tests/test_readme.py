@@ -20,13 +20,16 @@ def test_readme_headline_matches_reports():
 
 
 def test_a_typed_number_in_the_readme_is_caught(tmp_path):
-    summary = {"teacher": {"default": {"accuracy": {"n": 5, "mean": 0.7123, "t_low": 0.70, "t_high": 0.72}}}}
-    table = headline_table(summary, pd.DataFrame())
+    budgets = pd.DataFrame(
+        [{"stage": "teacher", "variant": "default", "steps": 0, "last": True, "n": 5, "test_accuracy": 0.7123,
+          "low": 0.70, "high": 0.72}]
+    )  # fmt: skip
+    table = headline_table(budgets, pd.DataFrame(), pd.DataFrame())
     readme = tmp_path / "README.md"
     readme.write_text(f"# x\n\n{START}\nold\n{END}\n\nrest\n")
     assert update_readme(readme, table) and not update_readme(readme, table)
     assert readme_block(readme) == table and readme.read_text().endswith("rest\n")
-    assert "| teacher | default | 0.712 | [0.700, 0.720] | 5 | not checked | baseline |" in table
+    assert "| teacher | default | 0.712 | [0.700, 0.720] | 5 | one budget | baseline |" in table
     readme.write_text(readme.read_text().replace("0.712", "0.750"))
     assert readme_block(readme) != table
 

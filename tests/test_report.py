@@ -275,54 +275,6 @@ def test_each_unordered_pair_is_compared_once_in_the_holm_family():
     assert family.t_p_holm[family.t_p == smallest].iloc[0] == pytest.approx(min(1.0, 3 * smallest))
 
 
-def test_convergence_marks_and_what_a_longer_schedule_buys_below_the_floors(tmp_path):
-    """A variant whose longer run (seed 0) gains more than the seeds' spread is *still improving*;
-    a variant under the floors gets, measured, where the longer schedule takes it against the
-    highest floor's validation accuracy."""
-    from finch.io import write_json
-
-    runs = tmp_path / "runs"
-    for variant, accuracy in (("none", 0.60), ("hard", 0.64)):
-        for seed in range(3):
-            _record("student", variant, seed, accuracy + 0.01 * seed).write(runs)
-    # best val of seed 0 = accuracy - 0.1 / 3; the seeds' spread of best val: 0.01
-    longer = {"none": 0.90, "hard": 0.6105}  # none: gains 0.33; hard: gains 0.004 (< spread)
-    for variant, best in longer.items():
-        write_json(
-            runs / "student" / variant / "longer.json",
-            {"seed": 0, "regular_epochs": 3, "epochs": 6, "best_val_accuracy": best, "validation_images": 800},
-        )
-    floors = {
-        "pixel_knn": {
-            "label": "k-nearest neighbours on raw pixels",
-            "param": "k",
-            "value": 5,
-            "val_accuracy": {"1": 0.70, "5": 0.80},
-            "metrics": {"accuracy": 0.75, "f1_macro": 0.74},
-        }
-    }
-    write_json(tmp_path / "floors.json", {"floors": floors})
-    cfg = AggregateConfig(bootstrap_resamples=200, headline_metrics=["accuracy"])
-    write_reports(
-        find_records(runs), tmp_path / "no-card.json", tmp_path / "out", cfg, floors_path=tmp_path / "floors.json"
-    )
-
-    checks = pd.read_csv(tmp_path / "out" / "convergence.csv").set_index("variant")
-    assert checks.converged.to_dict() == {"hard": True, "none": False}
-    assert checks.loc["none", "threshold"] == pytest.approx(0.01)
-    results = (tmp_path / "out" / "results.md").read_text()
-    assert "**Below the floors:** `none`, `hard` score under the best raw-pixel classifier (0.7500" in results
-    assert (
-        "`none` with 6 epochs instead of 3 (seed 0): validation accuracy 0.5667 → 0.9000, against the highest "
-        "floor's 0.8000 on the same validation images: enough to clear it." in results
-    )
-    assert (
-        "`hard` with 6 epochs instead of 3 (seed 0): validation accuracy 0.6067 → 0.6105, against the highest "
-        "floor's 0.8000 on the same validation images: still not above it." in results
-    )
-    assert "*Still improving:* `none`" in results
-
-
 def test_the_scarce_data_study_is_shown_with_floors_fitted_on_its_own_images(tmp_path):
     """floors.json's `scarce` floors (fitted on synthetic.real_per_class images a class) are the
     floors of the augmented study; every other study keeps the full-data floors."""

@@ -19,11 +19,13 @@ CPU = __import__("torch").device("cpu")
 
 
 def toy_plan(cfg: FinchConfig, device) -> list[PlannedVariant]:
-    """Two variants over two seeds; `second` waits for `first` of the same seed (like lp_ft)."""
+    """Two variants over two seeds; `second` waits for `first` of the same seed (like lp_ft) and
+    has budgets (a decay branch at 1 epoch, the main run to 2)."""
     task = make_task()
     planned = []
-    for name, lr, needs in (("first", 0.01, ()), ("second", 0.02, ("first",))):
-        recipe = tiny_recipe(epochs=2, optimizer={"name": "adamw", "lr": lr, "weight_decay": 0.0})
+    budgets = {"budgets": [1, 2], "scheduler": {"name": "wsd", "warmup_epochs": 0}, "select_on": "last"}
+    for name, lr, needs, extra in (("first", 0.01, (), {}), ("second", 0.02, ("first",), budgets)):
+        recipe = tiny_recipe(epochs=2, optimizer={"name": "adamw", "lr": lr, "weight_decay": 0.0}, **extra)
         variant = Variant(
             stage="toy",
             name=name,
@@ -44,11 +46,16 @@ def _first_done(seed: int) -> str:
 
 
 def metrics_of(root: Path) -> dict:
-    out = {(r.variant, r.seed): (r.metrics, [row["val_loss"] for row in r.history]) for r in find_records(root)}
-    for path in sorted(root.glob("*/*/longer.json")):  # the convergence check's longer runs
-        longer = json.loads(path.read_text())
-        out[(longer["variant"], "longer")] = [row["val_loss"] for row in longer["history"]]
-    return out
+    """Per run: its metrics, every epoch's training loss and validation loss (where it has one),
+    and every budget's row (validation, test accuracy, which test images it got right)."""
+    return {
+        (r.variant, r.seed): (
+            r.metrics,
+            [(row["train_loss"], row.get("val_loss")) for row in r.history],
+            [{k: v for k, v in row.items() if not k.endswith("time_s")} for row in r.budgets],
+        )
+        for r in find_records(root)
+    }
 
 
 @pytest.mark.slow
@@ -63,16 +70,9 @@ def test_same_numbers_with_one_or_two_workers(tmp_path, monkeypatch):
         assert len(folders) == 4
         assert (work / "runs/toy/second/ensemble.json").is_file()
         results[workers] = metrics_of(work / "runs")
-    assert set(results[1]) == {
-        ("first", 0),
-        ("first", 1),
-        ("first", "longer"),
-        ("second", 0),
-        ("second", 1),
-        ("second", "longer"),
-    }
-    assert len(results[1][("first", "longer")]) == 4  # twice the 2 epochs
-    assert results[1] == results[2]  # identical, bit for bit: metrics and every epoch's val loss
+    assert set(results[1]) == {("first", 0), ("first", 1), ("second", 0), ("second", 1)}
+    assert [row["steps"] for row in results[1][("second", 0)][2]] == [4, 8]  # the branch and the main run
+    assert results[1] == results[2]  # identical, bit for bit: metrics, every epoch's losses, every budget
 
 
 def test_a_plan_must_be_importable():

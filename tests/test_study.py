@@ -187,23 +187,28 @@ def test_scarce_data_regime_larger_than_the_training_split_fails_at_load():
         FinchConfig.model_validate({"data": {"per_class_train": 1000}, "synthetic": {"real_per_class": 900}})
 
 
-def test_longer_run_doubles_the_schedule_on_the_fixed_split_without_warnings(toy_task, tmp_path, monkeypatch):
-    """The convergence check: the same variant, its schedule ``factor`` times longer, validation
-    only; a k-fold recipe checks on the fixed validation split (k 0, a KFoldConfig: no pydantic
-    serializer warning when the run's settings are hashed)."""
-    import json
+def test_a_run_with_budgets_records_each_budgets_test_accuracy_and_bits(toy_task, tmp_path, monkeypatch):
+    """A wsd recipe's run tests its model at the end of every budget's decay: each budget's row holds
+    the validation and test accuracy and which test images it got right; the last budget is the
+    model the record reports (same bits, same accuracy); a k-fold run of it ensembles its folds."""
     import warnings
 
-    from finch.study import check_run, execute
+    from finch.runs import unpack_correct
+    from finch.study import execute, study_run
 
     monkeypatch.chdir(tmp_path)
     cfg = FinchConfig(runtime={"progress": False})
+    recipe = tiny_recipe(budgets=[1.5, 3], scheduler={"name": "wsd", "warmup_epochs": 0}, select_on="last")
+    v = variant(toy_task, recipe)
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        v = variant(toy_task, tiny_recipe(epochs=2, kfold={"k": 3}))
-        path, probs = execute(check_run(v, 0, 2.0), v, toy_task, cfg, CPU, tmp_path, tmp_path / "models")
-    assert probs is None and not (tmp_path / "models").exists()  # validation only: not tested, no weights
-    rec = json.loads(path.read_text())
-    assert (rec["epochs"], rec["regular_epochs"], rec["seed"], rec["factor"]) == (4, 2, 0, 2.0)
-    assert len(rec["history"]) == 4 and rec["validation_images"] == len(toy_task.val)
-    assert rec["best_val_accuracy"] == max(h["val_accuracy"] for h in rec["history"])
+        warnings.simplefilter("error")  # no pydantic serializer warning when the settings are hashed
+        folder, probs = execute(study_run(v, 0), v, toy_task, cfg, CPU, tmp_path / "runs", tmp_path / "models")
+    rec = find_records(tmp_path / "runs")[0]
+    assert [b["steps"] for b in rec.budgets] == [6, 12] and [b["epochs"] for b in rec.budgets] == [1.5, 3.0]
+    n = len(toy_task.test)
+    for row in rec.budgets:
+        bits = unpack_correct(row["test_correct"], n)
+        assert row["test_accuracy"] == bits.mean() and 0.0 <= row["val_accuracy"] <= 1.0
+    assert rec.budgets[-1]["test_correct"] == rec.test_correct
+    assert rec.metrics["accuracy"] == rec.budgets[-1]["test_accuracy"]
+    assert (probs.argmax(1) == toy_task.test.y.numpy()).mean() == rec.metrics["accuracy"]

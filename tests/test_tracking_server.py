@@ -87,11 +87,13 @@ def test_runs_arrive_through_the_server(server, teacher_repo):
         for tag in ("finch.stage", "finch.variant", "finch.seed", "finch.profile", "finch.params_hash"):
             assert r.data.tags[tag] == rec["tags"][tag], tag
         assert r.data.params == {k: str(v)[:6000] for k, v in flatten(rec["params"]).items()}
-        assert r.data.params["recipe.epochs"] == "2"  # the smoke profile's teacher recipe
+        assert r.data.params["recipe.budgets"] == "[1.5, 2.0]"  # the smoke profile's teacher recipe
         for name, value in rec["metrics"].items():
             assert r.data.metrics[name] == pytest.approx(value), name
-        curve = client.get_metric_history(r.info.run_id, "val_accuracy")
-        assert [m.step for m in curve] == [1, 2]
+        curve = client.get_metric_history(r.info.run_id, "budget.test_accuracy")  # at each budget's step
+        assert [m.step for m in curve] == [b["steps"] for b in rec["budgets"]] == [6, 8]
+        assert [m.value for m in curve] == [b["test_accuracy"] for b in rec["budgets"]]
+        assert [m.step for m in client.get_metric_history(r.info.run_id, "train_loss")] == [1, 2]
     pretrain = client.search_runs([exp.experiment_id], "tags.`finch.stage` = 'pretrain'")
     assert sorted(r.info.run_name for r in pretrain) == ["pretrain/source/seed=0", "pretrain/vit_source/seed=0"]
 

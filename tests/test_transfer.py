@@ -218,3 +218,43 @@ def test_vit_last_block_trains_the_final_norm_too(global_pool, toy_task):
     norm = "norm" if global_pool == "token" else "fc_norm"
     assert {f"{norm}.weight", f"{norm}.bias", "head.weight", "head.bias"} <= trainable
     assert all(n.startswith(("blocks.1.", f"{norm}.", "head.")) for n in trainable)
+
+
+def test_linear_probe_is_a_logistic_regression_trained_to_the_end_with_c_chosen_on_validation():
+    """Issue 26.5: the probe is scikit-learn's LogisticRegression on the cached features, C from
+    its grid by validation accuracy; the torch head gives sklearn's own predictions; convex, so
+    every seed gets the same model."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    from finch.data.splits import Split, TaskData
+    from finch.probe import PROBE_C_GRID, fit_logistic_probe
+    from finch.transfer import linear_head
+
+    rng = np.random.default_rng(0)
+
+    def split(n):
+        y = rng.integers(0, 3, n)
+        x = rng.normal(0, 1, (n, 16)) * np.linspace(0.1, 10, 16) + 2.0 * y[:, None] + 5.0  # unscaled features
+        return Split(torch.tensor(x, dtype=torch.float32), torch.tensor(y))
+
+    task = TaskData(
+        name="feats", class_names=["a", "b", "c"], train=split(300), val=split(100), test=split(100),
+        mean=(), std=(), content_hash="f", kind="features",
+    )  # fmt: skip
+    result = fit_logistic_probe(linear_head(16, 3, 0), task, seed=0)
+    again = fit_logistic_probe(linear_head(16, 3, 0), task, seed=1)
+    assert torch.equal(result.model.weight, again.model.weight)
+    x = task.train.x.numpy().astype(np.float64)
+    scaler = StandardScaler().fit(x)
+    val = {
+        c: LogisticRegression(C=c, max_iter=5000).fit(scaler.transform(x), task.train.y.numpy()) for c in PROBE_C_GRID
+    }
+    scores = {c: m.score(scaler.transform(task.val.x.numpy()), task.val.y.numpy()) for c, m in val.items()}
+    best = max(PROBE_C_GRID, key=lambda c: (scores[c], -PROBE_C_GRID.index(c)))
+    assert result.history[0]["C"] == best and result.history[0]["val_accuracy"] == scores[best]
+    sklearn_pred = val[best].predict(scaler.transform(task.test.x.numpy()))
+    with torch.no_grad():
+        torch_pred = result.model(task.test.x).argmax(1).numpy()
+    assert (torch_pred == sklearn_pred).mean() >= 0.99  # float32 head vs float64 sklearn: ties may round apart

@@ -14,6 +14,7 @@ import numpy as np
 
 from finch.data.splits import Split, TaskData
 from finch.evaluate import classification_metrics
+from finch.runs import pack_correct
 
 
 @dataclass(frozen=True)
@@ -62,12 +63,16 @@ def floor_metrics(data: TaskData, ece_bins: int = 15) -> dict[str, dict]:
             val_acc = {v: float(floor.build(v).fit(x_train, y_train).score(x_val, y_val)) for v in grid}
             best = max(grid, key=lambda v: (val_acc[v], -grid.index(v)))  # ties: the first
             model = floor.build(best).fit(x_train, y_train)
-            metrics, _ = classification_metrics(y_test, model.predict_proba(x_test), data.class_names, ece_bins)
+            probs = model.predict_proba(x_test)
+            metrics, _ = classification_metrics(y_test, probs, data.class_names, ece_bins)
             out[floor.name] = {
                 "label": floor.label,
                 "param": floor.param,
                 "value": best,
                 "val_accuracy": val_acc,
                 "metrics": metrics,
+                # which test images it got right: the report's interval over the test sample
+                "test_images": len(y_test),
+                "test_correct": pack_correct(probs.argmax(1) == y_test),
             }
     return out

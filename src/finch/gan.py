@@ -293,7 +293,9 @@ def equal_sizes(real: torch.Tensor, fake: torch.Tensor, seed: int) -> tuple[torc
 def fid_kid(real: torch.Tensor, fake: torch.Tensor, seed: int = 0) -> dict[str, float]:
     """Fréchet distance and KID (torchmetrics) between two sets of feature vectors (rows = images),
     at equal sizes: the larger set is subsampled (``seed``) to the smaller one's size, since the
-    Fréchet distance's bias depends on both sizes."""
+    Fréchet distance's bias depends on both sizes. KID's mean and spread are over 50 random
+    subsets of half the set (at most 1,000 images): subsets as large as the set would all be the
+    set itself, with a spread of zero."""
     from torchmetrics.image.fid import FrechetInceptionDistance
     from torchmetrics.image.kid import KernelInceptionDistance
 
@@ -301,12 +303,17 @@ def fid_kid(real: torch.Tensor, fake: torch.Tensor, seed: int = 0) -> dict[str, 
     torch.manual_seed(seed)  # KID draws random subsets
     identity = _Precomputed(real.shape[1])
     fid = FrechetInceptionDistance(feature=identity, reset_real_features=True)
-    kid = KernelInceptionDistance(feature=identity, subsets=50, subset_size=min(1000, len(real)))
+    kid = KernelInceptionDistance(feature=identity, subsets=50, subset_size=kid_subset_size(len(real)))
     for metric in (fid, kid):
         metric.update(real.double(), real=True)
         metric.update(fake.double(), real=False)
     kid_mean, kid_std = kid.compute()
     return {"fid": float(fid.compute()), "kid": float(kid_mean), "kid_std": float(kid_std)}
+
+
+def kid_subset_size(n: int) -> int:
+    """KID's subset size for sets of ``n`` images: half of them (at least 2, at most 1,000)."""
+    return max(2, min(1000, n // 2))
 
 
 def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3, seed: int = 0) -> tuple[float, float]:
@@ -328,16 +335,20 @@ def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3, seed: i
     return inside(fake, real, radii(real)), inside(real, fake, radii(fake))
 
 
-def set_quality(real: torch.Tensor, fake: torch.Tensor, k: int, seed: int) -> dict:
+REFERENCE_DRAWS = 5  # real-vs-real draws: the reference's mean and its spread (the measures' own noise)
+
+
+def set_quality(real: torch.Tensor, fake: torch.Tensor, k: int, seed: int, draws: int = REFERENCE_DRAWS) -> dict:
     """Generated vs real at one size ``n`` (the smaller set's), and the real-vs-real reference:
     FD, KID and precision/recall of two disjoint real subsets of that size (what a generator
     that samples the real distribution would get), or of the largest equal size that fits in
-    the real set; each with its ``n``. The generated images are compared with one of the two."""
+    the real set, over ``draws`` seeded draws of the two subsets: each measure's mean and
+    standard deviation (``<measure>_sd``), so a reader sees the measure's own noise. The generated
+    images are compared with the first draw's first subset."""
     n = min(len(real), len(fake))
     order = torch.randperm(len(real), generator=torch.Generator().manual_seed(seed))
     real_n, fake_n = real[order[:n]], subsample(fake, n, seed)
     m = min(n, len(real) // 2)
-    ref_a, ref_b = real[order[:m]], real[order[m : 2 * m]]
 
     def measures(a: torch.Tensor, b: torch.Tensor) -> dict:
         if min(len(a), len(b)) <= k:  # k-NN radii need more than k images a side (a small dataset of one's own)
@@ -352,7 +363,26 @@ def set_quality(real: torch.Tensor, fake: torch.Tensor, k: int, seed: int) -> di
             distances = fid_kid(a, b, seed)
         return {"n": len(a), **distances, "precision": precision, "recall": recall}
 
-    return {**measures(real_n, fake_n), "reference": measures(ref_a, ref_b)}
+    references = []
+    for draw in range(draws):
+        split = order if draw == 0 else torch.randperm(len(real), generator=torch.Generator().manual_seed(seed + draw))
+        references.append(measures(real[split[:m]], real[split[m : 2 * m]]))
+    return {**measures(real_n, fake_n), "reference": _mean_and_sd(references)}
+
+
+def _mean_and_sd(rows: list[dict]) -> dict:
+    """Per measure, the mean over ``rows`` and (``<measure>_sd``) the standard deviation; None stays None."""
+    import statistics
+
+    out = {"n": rows[0]["n"], "draws": len(rows)}
+    for key in ("fid", "kid", "kid_std", "precision", "recall"):
+        values = [row[key] for row in rows]
+        if any(v is None for v in values):
+            out[key], out[f"{key}_sd"] = None, None
+        else:
+            out[key] = float(statistics.fmean(values))
+            out[f"{key}_sd"] = float(statistics.stdev(values)) if len(values) > 1 else 0.0
+    return out
 
 
 def synthetic_quality(

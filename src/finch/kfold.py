@@ -117,7 +117,8 @@ def fit_kfold(
             progress=progress,
             desc=f"{name} fold {f + 1}/{k}",
         )
-        best = result.history[result.best_epoch - 1]
+        # the selected epoch's validation accuracy; wsd: that of the end of its last decay
+        best = result.budgets[-1] if result.budgets else result.history[result.best_epoch - 1]
         val_acc.append(float(best["val_accuracy"]))
         probs, _ = predict_heads(
             result.model, data.test, data.to_inputs, recipe.eval_batch_size, device, {"main": readout.logits}

@@ -3,8 +3,8 @@
 On a small CPU, small models are overhead-bound: two single-threaded processes side by side
 train more images per second than one process with two threads. A stage therefore describes
 its work as a *plan* (a module-level function ``plan(cfg, device) -> list[PlannedVariant]``);
-:func:`plan_runs` turns it into :class:`~finch.study.Run` s (every seed of every variant, and
-the convergence checks), and :func:`train_planned` carries each out once with
+:func:`plan_runs` turns it into :class:`~finch.study.Run` s (every seed of every variant), and
+:func:`train_planned` carries each out once with
 :func:`finch.study.execute`, in this process or in ``runtime.workers`` processes with
 ``runtime.threads`` torch threads each: one scheduling loop either way.
 
@@ -35,7 +35,7 @@ from finch import distributed
 from finch.config import FinchConfig
 from finch.data.splits import TaskData
 from finch.runs import run_name
-from finch.study import Run, Variant, check_run, execute, finish_variant, study_run
+from finch.study import Run, Variant, execute, finish_variant, study_run
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,6 @@ class PlannedVariant:
     models_root: Path
     runs_root: Path = field(default=Path("reports/runs"))
     needs: tuple[str, ...] = ()  # variants of the same plan whose run of the same seed must finish first
-    check_convergence: bool = True  # also train the first seed with a longer schedule (config.convergence)
 
 
 Plan = Callable[[FinchConfig, torch.device], list[PlannedVariant]]
@@ -77,14 +76,8 @@ def worker_count(cfg: FinchConfig, runs: int) -> int:
 
 
 def plan_runs(planned: list[PlannedVariant], cfg: FinchConfig) -> list[Run]:
-    """Every seed of every variant, and (``convergence.enabled``) each checked variant's first
-    seed with its longer recipe: those first, the longest runs, so no worker idles at the end
-    waiting for one."""
-    runs = [study_run(pv.variant, seed) for pv in planned for seed in pv.seeds]
-    if cfg.convergence.enabled:
-        checks = [check_run(pv.variant, pv.seeds[0], cfg.convergence.factor) for pv in planned if pv.check_convergence]
-        runs = checks + runs
-    return runs
+    """Every seed of every variant (a recipe with budgets tests each of them within its one run)."""
+    return [study_run(pv.variant, seed) for pv in planned for seed in pv.seeds]
 
 
 def train_plan(plan: Plan, cfg: FinchConfig, device: torch.device) -> list[Path]:
@@ -122,7 +115,7 @@ def train_planned(
     results: dict[tuple, tuple[Path | None, object]] = {}
 
     def ready(run: Run) -> bool:
-        return all((need, run.seed, None) in results for need in by_name[run.variant].needs)
+        return all((need, run.seed) in results for need in by_name[run.variant].needs)
 
     try:
         waiting, futures = list(runs), {}
@@ -141,11 +134,10 @@ def train_planned(
                 results[run.id] = (Path(folder) if folder else None, probs)
                 pv = by_name[run.variant]
                 log.info(
-                    "[%d/%d] %s%s done (%.0f s into the stage)",
+                    "[%d/%d] %s done (%.0f s into the stage)",
                     len(results),
                     len(runs),
                     run_name(pv.variant.stage, pv.variant.name, run.seed),
-                    "" if run.longer is None else f" x{run.longer:g} schedule",
                     time.perf_counter() - started,
                 )
     finally:
@@ -154,7 +146,7 @@ def train_planned(
     folders = []
     distributed.barrier()
     for pv in planned:
-        outcome = [results[(pv.variant.name, seed, None)] for seed in pv.seeds]
+        outcome = [results[(pv.variant.name, seed)] for seed in pv.seeds]
         folders += [folder for folder, _ in outcome if folder is not None]
         if distributed.is_main():
             finish_variant(pv.variant, pv.data, pv.seeds, [probs for _, probs in outcome], cfg, pv.runs_root)

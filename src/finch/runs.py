@@ -47,6 +47,20 @@ def run_key(stage: str, variant: str, seed: int, params_hash: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
+def pack_correct(correct) -> str:
+    """Per-image right/wrong as hex text (one bit an image, in test-split order)."""
+    import numpy as np
+
+    return np.packbits(np.asarray(correct, dtype=bool)).tobytes().hex()
+
+
+def unpack_correct(text: str, n: int):
+    """The boolean array :func:`pack_correct` packed (``n`` images)."""
+    import numpy as np
+
+    return np.unpackbits(np.frombuffer(bytes.fromhex(text), dtype=np.uint8), count=n).astype(bool)
+
+
 def run_dir(runs_root: Path, stage: str, variant: str, seed: int) -> Path:
     return Path(runs_root) / stage / variant / f"seed={seed}"
 
@@ -121,6 +135,11 @@ class RunRecord(BaseModel):
     # finch.model_summary.run_summary, with the stage's freezing; a k-fold run: one fold model.
     # Describes the run, does not define it: not in params, the settings hash or the run key
     model_summaries: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # the budget curve (recipes with the wsd schedule): per budget (optimizer steps) the model at the
+    # end of its decay: validation and test accuracy, and which test images it got right (pack_correct)
+    budgets: list[dict[str, Any]] = Field(default_factory=list)
+    # which test images the reported model got right (pack_correct): intervals over the test sample
+    test_correct: str | None = None
     # not in record.json: the per-epoch history lives in history.csv, the folder is where it was read
     history: list[dict[str, float]] = Field(default_factory=list, exclude=True)
     path: Path | None = Field(default=None, exclude=True)

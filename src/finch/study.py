@@ -2,9 +2,10 @@
 
 A :class:`Run` is what :mod:`finch.runner` schedules and :func:`execute` carries out, in this
 process or in a worker, for every kind of run: a seed of a variant (tested once, recorded, its
-weights kept), its convergence check (the same variant and seed with a longer recipe, validation
-only) and a k-fold run (a recipe with ``kfold.k >= 2``, see :mod:`finch.kfold`). Stages differ
-only in the variants they plan: the model builder, the data, the recipe and the objective.
+weights kept) and a k-fold run (a recipe with ``kfold.k >= 2``, see :mod:`finch.kfold`). A
+recipe with budgets (the ``wsd`` schedule) tests the model at the end of every budget's decay:
+its budget curve, in the record's ``budgets``. Stages differ only in the variants they plan: the
+model builder, the data, the recipe and the objective.
 """
 
 from __future__ import annotations
@@ -20,15 +21,15 @@ from pathlib import Path
 import torch
 
 from finch import distributed
-from finch.config import FinchConfig, KFoldConfig, RecipeConfig, config_hash
+from finch.config import FinchConfig, RecipeConfig, config_hash
 from finch.data.splits import TaskData
-from finch.evaluate import HEAD_METRICS, agreement_with, classification_metrics, predict_heads
+from finch.evaluate import HEAD_METRICS, agreement_with, classification_metrics, predict_heads, predict_proba
 from finch.io import save_tensors
 from finch.kfold import FoldEnsemble, fit_kfold
 from finch.model_summary import run_summary
 from finch.models import parameter_counts
-from finch.runs import RunKind, RunRecord, run_key, run_name
-from finch.train.engine import fit
+from finch.runs import RunKind, RunRecord, pack_correct, run_key, run_name
+from finch.train.engine import BudgetHook, fit
 from finch.train.losses import Objective
 from finch.train.runtime import numerics, seed_everything
 
@@ -50,6 +51,11 @@ class Variant:
     # what else defines the run of one seed, known only when it starts (the hash of that seed's
     # teacher or probe, trained by an earlier run): seed → settings, hashed into the run key
     seed_settings: Callable[[int], dict] | None = None
+    # trains the model in place of the engine (model, data, seed) → FitResult: a closed-form probe
+    fit: Callable[[torch.nn.Module, TaskData, int], object] | None = None
+    # the training set whose epochs the recipe's budgets count (None: the variant's own), so that
+    # variants on more or fewer images train the same optimizer steps
+    budget_reference: int | None = None
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -70,19 +76,15 @@ def run_settings(variant: Variant, data: TaskData, cfg: FinchConfig, seed: int) 
 
 @dataclass(frozen=True)
 class Run:
-    """One run of a plan: variant ``variant`` (its name) with ``seed`` and ``recipe``.
-
-    ``longer`` marks a convergence check: the variant's recipe with a schedule that many times
-    longer (:func:`check_run`), trained on the fixed validation split and never tested."""
+    """One run of a plan: variant ``variant`` (its name) with ``seed`` and ``recipe``."""
 
     variant: str
     seed: int
     recipe: RecipeConfig
-    longer: float | None = None
 
     @property
-    def id(self) -> tuple[str, int, float | None]:
-        return self.variant, self.seed, self.longer
+    def id(self) -> tuple[str, int]:
+        return self.variant, self.seed
 
 
 def study_run(variant: Variant, seed: int) -> Run:
@@ -90,13 +92,20 @@ def study_run(variant: Variant, seed: int) -> Run:
     return Run(variant.name, seed, variant.recipe)
 
 
-def check_run(variant: Variant, seed: int, factor: float) -> Run:
-    """The convergence check of ``variant`` with ``seed``: its schedule ``factor`` times longer
-    (same warm-up, the decay stretched over the extra epochs; at least one epoch more), on the
-    fixed validation split (k-fold off)."""
-    epochs = max(variant.recipe.epochs + 1, round(variant.recipe.epochs * factor))
-    recipe = variant.recipe.model_copy(update={"epochs": epochs, "kfold": KFoldConfig(k=0)})  # a model, not a dict
-    return Run(variant.name, seed, recipe, longer=factor)
+def budget_hook(data: TaskData, recipe: RecipeConfig, objective: Objective | None, device) -> BudgetHook:
+    """What a run records at each budget besides validation: the test split's accuracy and which
+    test images it got right (packed bits), for intervals over the test sample as well as seeds.
+    The design is fixed before the study runs; nothing is chosen from these numbers."""
+    logits = objective.logits if objective is not None else (lambda out: out)
+
+    def at_budget(model: torch.nn.Module, steps: int) -> dict:
+        probs, _ = predict_proba(
+            model, data.test, data.to_inputs, recipe.eval_batch_size, device, logits, recipe.channels_last
+        )
+        correct = probs.argmax(1) == data.test.y.numpy()
+        return {"test_accuracy": float(correct.mean()), "test_correct": pack_correct(correct)}
+
+    return at_budget
 
 
 def execute(
@@ -110,30 +119,23 @@ def execute(
 ) -> tuple[Path | None, object]:
     """Carry out ``run`` of ``variant``: seed, build, fit (k-fold where its recipe says), then
 
-    - a seed run: test once, write its weights and run record; returns the record's folder and
-      the test probabilities (for the seed ensemble);
-    - a convergence check: write ``<runs_root>/<stage>/<variant>/longer.json`` (validation
-      only); returns its path and None.
-
-    The path is None on a non-zero torchrun rank. A checkpoint after every epoch lets a killed
-    run resume.
+    test once, write its weights and run record; returns the record's folder and the test
+    probabilities (for the seed ensemble). The path is None on a non-zero torchrun rank. A
+    checkpoint after every epoch (and at every decay branch) lets a killed run resume.
     """
     settings = run_settings(variant, data, cfg, run.seed)
-    # a run on a recipe other than its variant's own hashes that recipe too
-    hashed = settings if run.longer is None else {**settings, "recipe": run.recipe.model_dump()}
-    key = run_key(variant.stage, variant.name, run.seed, config_hash(hashed))
+    key = run_key(variant.stage, variant.name, run.seed, config_hash(settings))
     name = run_name(variant.stage, variant.name, run.seed)
-    suffix = "" if run.longer is None else "-longer"
-    if run.longer is not None:
-        name = f"{name} (x{run.longer:g} schedule)"
-    checkpoint = CHECKPOINT_ROOT / variant.stage / variant.name / f"seed={run.seed}{suffix}.pt"
+    checkpoint = CHECKPOINT_ROOT / variant.stage / variant.name / f"seed={run.seed}.pt"
     seed_everything(run.seed)
     model = variant.build_model(run.seed)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     objective = variant.objective(data, run.seed) if variant.objective else None
     kfold = None
-    if run.recipe.kfold.k >= 2:
+    if variant.fit is not None:
+        result = variant.fit(model.to(device), data.on_device(torch.device("cpu")), run.seed)
+    elif run.recipe.kfold.k >= 2:
         result, kfold = fit_kfold(
             variant.build_model,
             data,
@@ -158,9 +160,9 @@ def execute(
             fingerprint=key,
             progress=cfg.runtime.progress,
             desc=name,
+            on_budget=budget_hook(data, run.recipe, objective, device),
+            budget_reference=variant.budget_reference,
         )
-    if run.longer is not None:
-        return (write_check(run, variant, data, result, runs_root) if distributed.is_main() else None), None
     tested = time.perf_counter()
     metrics, cost, confusion, probs = test_once(result.model, objective, data, run.recipe, cfg, device)
     test_time_s = time.perf_counter() - tested
@@ -199,6 +201,8 @@ def execute(
         weights=str(weights),
         kfold=kfold,
         history=result.history,
+        budgets=result.budgets,  # a k-fold run has none
+        test_correct=pack_correct(probs.argmax(1) == data.test.y.numpy()),
         datasets=data.dataset_inputs(),
         # what it trained, with its freezing; a k-fold run's k fold models are alike: the first stands for them
         model_summaries={
@@ -208,41 +212,6 @@ def execute(
     folder = record.write(runs_root)
     log.info("%s: test accuracy %.4f (best epoch %s)", name, metrics["accuracy"], result.best_epoch or "per fold")
     return folder, probs
-
-
-LONGER = "longer.json"  # the convergence check's run, next to the variant's seed runs
-
-
-def write_check(run: Run, variant: Variant, data: TaskData, result, runs_root: Path) -> Path:
-    """The convergence check's result (validation only) as ``longer.json``; the aggregate
-    compares its best validation accuracy with the seed run of the same seed."""
-    from finch.io import write_json
-
-    best = result.history[result.best_epoch - 1]
-    path = Path(runs_root) / variant.stage / variant.name / LONGER
-    write_json(
-        path,
-        {
-            "stage": variant.stage,
-            "variant": variant.name,
-            "seed": run.seed,
-            "factor": run.longer,
-            "epochs": run.recipe.epochs,
-            "regular_epochs": variant.recipe.epochs,
-            "best_epoch": result.best_epoch,
-            "best_val_accuracy": best["val_accuracy"],
-            "validation_images": len(data.val),
-            "history": result.history,
-        },
-    )
-    log.info(
-        "%s (x%g schedule): best validation accuracy %.4f (epoch %d)",
-        run_name(variant.stage, variant.name, run.seed),
-        run.longer,
-        best["val_accuracy"],
-        result.best_epoch,
-    )
-    return path
 
 
 def finish_variant(variant: Variant, data: TaskData, seeds: list[int], probs: list, cfg: FinchConfig, runs_root: Path):

@@ -166,6 +166,13 @@ class Tracker:
                 for k, v in row.items()
                 if k != "epoch"
             ]
+            # the budget curve: each budget's accuracies at its step (optimizer steps), side by side in the UI
+            metrics += [
+                Metric(f"budget.{k}", float(row[k]), now, int(row["steps"]))
+                for row in rec.budgets
+                for k in ("val_accuracy", "test_accuracy")
+                if k in row
+            ]
             metrics += [Metric(k, float(v), now, 0) for k, v in {**rec.metrics, **rec.cost}.items()]
             if rec.best_epoch is not None:
                 metrics.append(Metric("best_epoch", float(rec.best_epoch), now, 0))

@@ -149,7 +149,9 @@ class Strategy:
     adapt: Callable[[nn.Module, FinetuneConfig], nn.Module] | None = None  # replaces freezing (LoRA)
     pretrained: bool = True  # False: random initialisation (the no-transfer floor)
     head_from_probe: bool = False  # the head starts as linear_probe's trained head of the same seed (LP-FT)
-    # epochs and optimizer of probe_recipe, the rest (smoothing, warm-up, augmentation) of its own recipe
+    closed_form: bool = False  # a linear probe fitted by fit_logistic_probe (C on validation), not the engine
+    # epochs and optimizer of probe_recipe (no budgets: one run of its epochs), the rest (smoothing,
+    # warm-up, schedule, augmentation) of its own recipe
     probe_budget: bool = False
     scaled_backbone_lr: bool = False  # everything but the head learns at lr x finetune.backbone_lr_scale
     lr_scale: str | None = None  # a FinetuneConfig key: the whole network learns at lr x its value (LP-FT)
@@ -164,7 +166,7 @@ class Strategy:
         recipe: RecipeConfig = getattr(cfg, self.recipe)
         if self.probe_budget:
             recipe = recipe.model_copy(
-                update={"epochs": cfg.probe_recipe.epochs, "optimizer": cfg.probe_recipe.optimizer}
+                update={"epochs": cfg.probe_recipe.epochs, "optimizer": cfg.probe_recipe.optimizer, "budgets": []}
             )
         if self.scaled_backbone_lr:
             optimizer = recipe.optimizer.model_copy(update={"backbone_lr_scale": cfg.backbone_lr_scale})
@@ -191,7 +193,7 @@ class Strategy:
 
 # Every strategy of the transfer study, in config.TRANSFER_STRATEGIES' order (a test keeps them equal).
 STRATEGIES: dict[str, Strategy] = {
-    "linear_probe": Strategy("cnn", "probe_recipe", head=linear_head),
+    "linear_probe": Strategy("cnn", "probe_recipe", head=linear_head, closed_form=True),
     "mlp_probe": Strategy("cnn", "probe_recipe", head=mlp_head, knobs=lambda cfg: {"mlp_hidden": cfg.mlp_hidden}),
     "frozen_backbone": Strategy("cnn", "recipe", trainable=head_only, probe_budget=True),
     "partial": Strategy(
@@ -207,7 +209,7 @@ STRATEGIES: dict[str, Strategy] = {
         knobs=lambda cfg: {"lp_ft_lr_scale": cfg.lp_ft_lr_scale},
     ),
     "scratch": Strategy("cnn", "recipe", pretrained=False),
-    "vit_linear_probe": Strategy("vit", "probe_recipe", head=linear_head),
+    "vit_linear_probe": Strategy("vit", "probe_recipe", head=linear_head, closed_form=True),
     "vit_last_block": Strategy("vit", "vit_recipe", trainable=last_block_and_head),
     "vit_attention_only": Strategy("vit", "vit_recipe", trainable=attention_and_head),
     "vit_lora": Strategy("vit", "vit_recipe", adapt=with_lora, knobs=lambda cfg: {"lora": cfg.lora.model_dump()}),

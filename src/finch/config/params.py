@@ -17,7 +17,6 @@ from finch.config.runtime import (
 )
 from finch.config.stages import (
     AblationConfig,
-    ConvergenceConfig,
     ExplainConfig,
     FinetuneConfig,
     GanConfig,
@@ -49,7 +48,6 @@ class FinchConfig(Strict):
     ablation: AblationConfig = AblationConfig()
     explain: ExplainConfig = ExplainConfig()
     verify: VerifyConfig = VerifyConfig()
-    convergence: ConvergenceConfig = ConvergenceConfig()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> FinchConfig:
@@ -121,7 +119,13 @@ def ablation_variant(cfg: FinchConfig, name: str) -> tuple[ModelConfig, RecipeCo
     override = cfg.ablation.variants[name]
     try:
         model = ModelConfig.model_validate(deep_merge(base.model.model_dump(), override.get("model", {})))
-        recipe = RecipeConfig.model_validate(deep_merge(base.recipe.model_dump(), override.get("recipe", {})))
+        merged = deep_merge(base.recipe.model_dump(), override.get("recipe", {}))
+        if merged["scheduler"]["name"] != "wsd" and "budgets" not in override.get("recipe", {}):
+            # another schedule has no decay branches: it trains base.recipe.epochs and keeps its best
+            # validation epoch (unless the variant says otherwise), and is compared at every budget
+            merged["budgets"] = []
+            merged["select_on"] = override.get("recipe", {}).get("select_on", "val_accuracy")
+        recipe = RecipeConfig.model_validate(merged)
     except ValidationError as err:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
         raise ValueError(f"ablation.variants.{name}: {problems}") from None

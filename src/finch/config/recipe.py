@@ -27,7 +27,7 @@ class OptimizerConfig(Strict):
 
 
 class SchedulerConfig(Strict):
-    name: Literal["cosine", "multistep", "plateau", "cosine_restarts", "none"] = "cosine"
+    name: Literal["cosine", "wsd", "multistep", "plateau", "cosine_restarts", "none"] = "wsd"
     warmup_epochs: int = Field(1, ge=0)
     warmup_lr: float = Field(1e-5, ge=0.0)
     min_lr: float = Field(1e-5, ge=0.0)
@@ -38,6 +38,10 @@ class SchedulerConfig(Strict):
     decay_rate: float = Field(0.1, gt=0.0, le=1.0)
     patience_epochs: int = Field(2, ge=0)
     restarts: int = Field(2, ge=1, description="cycles for cosine_restarts")
+    decay_fraction: float = Field(
+        0.2, gt=0.0, le=1.0, description="wsd: the share of each budget spent decaying to min_lr (Hägele et al. 2024)"
+    )
+    decay_shape: Literal["1-sqrt", "linear", "cosine"] = Field("1-sqrt", description="wsd: the decay's shape")
 
 
 class LossConfig(Strict):
@@ -84,7 +88,7 @@ class KFoldConfig(Strict):
 
 
 class RecipeConfig(Strict):
-    epochs: int = Field(30, ge=1)
+    epochs: int = Field(45, ge=1, description="the run's length where it has no budgets")
     batch_size: int = Field(64, ge=2)
     optimizer: OptimizerConfig = OptimizerConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
@@ -95,7 +99,17 @@ class RecipeConfig(Strict):
     kfold: KFoldConfig = KFoldConfig()
     grad_clip: float | None = Field(None, gt=0.0)
     early_stopping_patience: int = Field(0, ge=0, description="0 = off")
-    select_on: Literal["val_accuracy", "val_loss"] = "val_accuracy"
+    budgets: list[float] = Field(
+        default_factory=lambda: [22.5, 45.0],
+        description="wsd: where the run is evaluated, each at the end of its own decay branched off the one main "
+        "run, in epochs of the stage's reference training set (its own; train_augmented: the real images), i.e. "
+        "the same optimizer steps for every variant of a comparison; the largest is the run's length (epochs is "
+        "then unused); [] = epochs",
+    )
+    select_on: Literal["val_accuracy", "val_loss", "last"] = Field(
+        "last",
+        description="the epoch kept: best val_accuracy | best val_loss | last (wsd: the end of the decay)",
+    )
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
     channels_last: bool = False
     eval_batch_size: int = Field(500, ge=1)
@@ -104,4 +118,20 @@ class RecipeConfig(Strict):
     def _mix_needs_even_batch(self) -> RecipeConfig:
         if self.augment.mixing and self.batch_size % 2:
             raise ValueError(f"batch_size {self.batch_size} must be even when mixup/cutmix is on")
+        return self
+
+    @model_validator(mode="after")
+    def _budgets_need_wsd(self) -> RecipeConfig:
+        if self.budgets:
+            if self.scheduler.name != "wsd":
+                raise ValueError(f"budgets {self.budgets} need scheduler.name: wsd (a decay branch per budget)")
+            if any(b <= 0 for b in self.budgets) or sorted(set(self.budgets)) != self.budgets:
+                raise ValueError(f"budgets {self.budgets} must be positive epoch counts in increasing order")
+        if self.scheduler.name == "wsd":
+            if self.select_on != "last":
+                raise ValueError(
+                    "scheduler wsd evaluates each budget's model at the end of its decay: set select_on: last"
+                )
+            if self.early_stopping_patience:
+                raise ValueError("scheduler wsd runs every budget to its end: set early_stopping_patience: 0")
         return self

@@ -38,6 +38,13 @@ class AggregateConfig(Strict):
     confidence: float = Field(0.95, gt=0.5, lt=1.0)
     bootstrap_resamples: int = Field(9999, ge=100)
     bootstrap_seed: int = 0
+    plateau_delta: float = Field(
+        0.01,
+        gt=0.0,
+        lt=1.0,
+        description="plateau rule: a variant is at a plateau when the 95% interval of its gain between its last "
+        "two budgets lies below this (accuracy; 0.01 = one point, about the binomial SE of 4,000 test images)",
+    )
     headline_metrics: list[str] = Field(default_factory=lambda: ["accuracy", "f1_macro", "auroc_macro", "ece"])
     baselines: dict[str, list[str]] = Field(
         default_factory=lambda: {

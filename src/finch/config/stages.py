@@ -1,5 +1,5 @@
 """The study stages' sections: pretrain, teacher, student, finetune, gan, synthetic, ablation,
-explain and the convergence check.
+explain.
 
 Their defaults are the default profile's values (profiles/default.yaml; tests/test_config.py
 checks that the two agree). A recipe states only what differs from ``RecipeConfig()``, the
@@ -17,6 +17,10 @@ from finch.config.base import Strict
 from finch.config.model import ModelConfig
 from finch.config.recipe import AugmentConfig, LossConfig, OptimizerConfig, RecipeConfig, SchedulerConfig
 
+# a recipe without budgets on a cosine schedule, keeping its best validation epoch: pretraining
+# (a means to the backbone, not a finding) and the feature probes
+BEST_EPOCH_COSINE = {"budgets": [], "scheduler": SchedulerConfig(name="cosine"), "select_on": "val_accuracy"}
+
 # ResNet-10 (timm's ResNet with one basic block per stage, widths 32..256): the backbone and the teacher
 RESNET10 = ModelConfig(name="resnet18", kwargs={"channels": [32, 64, 128, 256], "layers": [1, 1, 1, 1]})
 # img_size and patch_size of the ViTs follow data.image_size (FinchConfig._models_fit_the_data)
@@ -33,9 +37,9 @@ class PretrainConfig(Strict):
     )
     seed: int = Field(0, ge=0)
     model: ModelConfig = RESNET10
-    recipe: RecipeConfig = RecipeConfig(epochs=6, batch_size=128)
+    recipe: RecipeConfig = RecipeConfig(epochs=6, batch_size=128, **BEST_EPOCH_COSINE)
     vit_model: ModelConfig = Field(VIT_BACKBONE, description="the ViT backbone for the transfer study")
-    vit_recipe: RecipeConfig = RecipeConfig(epochs=8, batch_size=128)
+    vit_recipe: RecipeConfig = RecipeConfig(epochs=8, batch_size=128, **BEST_EPOCH_COSINE)
 
 
 class TeacherConfig(Strict):
@@ -69,7 +73,7 @@ class StudentConfig(Strict):
     hard: HardDistillConfig = HardDistillConfig()
     class_token_signal: Literal["hard", "soft"] = "hard"
     kl_normalisation: Literal["batchmean", "per_logit"] = "batchmean"
-    recipe: RecipeConfig = RecipeConfig(epochs=20, scheduler=SchedulerConfig(warmup_epochs=2))
+    recipe: RecipeConfig = RecipeConfig(epochs=30, budgets=[15, 30], scheduler=SchedulerConfig(warmup_epochs=2))
 
 
 class LoraConfig(Strict):
@@ -109,13 +113,15 @@ class FinetuneConfig(Strict):
     lora: LoraConfig = LoraConfig()
     probe_recipe: RecipeConfig = RecipeConfig(  # on cached features: no image augmentation
         epochs=40,
+        budgets=[],
+        select_on="val_accuracy",
         optimizer=OptimizerConfig(lr=0.003, weight_decay=0.0001),
-        scheduler=SchedulerConfig(warmup_epochs=0),
+        scheduler=SchedulerConfig(name="cosine", warmup_epochs=0),
         loss=LossConfig(label_smoothing=0.0),
         augment=AugmentConfig(flip=False, translate=0),
     )
-    recipe: RecipeConfig = RecipeConfig(epochs=15)
-    vit_recipe: RecipeConfig = RecipeConfig(epochs=12)
+    recipe: RecipeConfig = RecipeConfig(epochs=23, budgets=[11.5, 23])
+    vit_recipe: RecipeConfig = RecipeConfig(epochs=12, budgets=[])
 
     @model_validator(mode="after")
     def _checks(self) -> FinetuneConfig:
@@ -167,8 +173,10 @@ class SyntheticConfig(Strict):
         description="the scarce-data regime of the GAN study: the GAN and every train_augmented variant see "
         "only the first N real training images of each class; null = all of them",
     )
-    epochs: int | None = Field(
-        30, ge=1, description="train_augmented's epochs (its recipe is the teacher's); null = the teacher's"
+    budgets: list[float] | None = Field(
+        default_factory=lambda: [45.0, 90.0],
+        description="train_augmented's budgets in epochs of the real images (the same optimizer steps for every "
+        "variant, whatever its images; its recipe is the teacher's); null = the teacher's",
     )
 
     @model_validator(mode="after")
@@ -181,11 +189,14 @@ class SyntheticConfig(Strict):
 # The ablation's named variants: overrides of the teacher's `model` and `recipe` (the lab notes' tricks)
 ABLATION_VARIANTS: dict[str, dict[str, Any]] = {
     "sgd_cosine": {
-        "recipe": {"optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 0.0005}}
+        "recipe": {
+            "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 0.0005},
+            "scheduler": {"name": "cosine"},
+        }
     },
-    "adam_cosine": {"recipe": {"optimizer": {"name": "adam", "weight_decay": 0.0}}},
+    "adam_cosine": {"recipe": {"optimizer": {"name": "adam", "weight_decay": 0.0}, "scheduler": {"name": "cosine"}}},
     "adamw_plateau": {"recipe": {"scheduler": {"name": "plateau", "patience_epochs": 2, "decay_rate": 0.5}}},
-    "adamw_multistep": {"recipe": {"scheduler": {"name": "multistep", "milestones": [10, 15], "decay_rate": 0.1}}},
+    "adamw_multistep": {"recipe": {"scheduler": {"name": "multistep", "milestones": [30, 40], "decay_rate": 0.1}}},
     "adamw_restarts": {"recipe": {"scheduler": {"name": "cosine_restarts", "restarts": 2}}},
     "no_smoothing": {"recipe": {"loss": {"label_smoothing": 0.0}}},
     "focal": {"recipe": {"loss": {"name": "focal", "focal_gamma": 2.0, "label_smoothing": 0.0}}},
@@ -198,7 +209,7 @@ ABLATION_VARIANTS: dict[str, dict[str, Any]] = {
     "dropout": {"model": {"drop_rate": 0.3}},
     "drop_path": {"model": {"drop_path_rate": 0.1}},
     "ema": {"recipe": {"ema": {"enabled": True, "decay": 0.99}}},
-    "early_stopping": {"recipe": {"early_stopping_patience": 4}},
+    "early_stopping": {"recipe": {"early_stopping_patience": 4, "scheduler": {"name": "cosine"}}},
     "batch_128": {"recipe": {"batch_size": 128}},
     "kfold_5": {"recipe": {"kfold": {"k": 5}}},
 }
@@ -235,10 +246,3 @@ class ExplainConfig(Strict):
 
 class VerifyConfig(Strict):
     abs_tolerance: float = Field(0.01, ge=0.0, description="allowed |fresh - committed| per metric")
-
-
-class ConvergenceConfig(Strict):
-    """The convergence check: one seed of every variant trained again with a longer schedule."""
-
-    enabled: bool = True
-    factor: float = Field(2.0, gt=1.0, description="the longer schedule: epochs x this (warm-up and decay stretched)")

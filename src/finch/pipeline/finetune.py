@@ -13,6 +13,7 @@ def plan(cfg: FinchConfig, device) -> list:
     seed waits for linear_probe's run of that seed (its head starts from it)."""
     from finch.data.splits import load_task
     from finch.io import load_tensors
+    from finch.probe import PROBE_C_GRID, fit_logistic_probe
     from finch.runner import PlannedVariant
     from finch.study import Variant
     from finch.transfer import STRATEGIES, feature_extractor, feature_task
@@ -32,7 +33,12 @@ def plan(cfg: FinchConfig, device) -> list:
         settings = {"strategy": strategy, "backbone": file_hash(weights), "model": model_cfg.model_dump()}
         settings.update(spec.settings(fc))
         recipe = spec.recipe_of(fc)
-        settings["recipe"] = recipe.model_dump()
+        # a closed-form probe is defined by its C grid, not by a training recipe
+        settings.update(
+            {"fit": "LogisticRegression", "C": list(PROBE_C_GRID)}
+            if spec.closed_form
+            else {"recipe": recipe.model_dump()}
+        )
         if spec.is_probe:
             cache = FEATURES / f"{spec.backbone}.safetensors"
             task = feature_task(load_tensors(cache), data, content_hash=file_hash(cache))
@@ -50,6 +56,7 @@ def plan(cfg: FinchConfig, device) -> list:
             frozen_outside=backbone_size[spec.backbone] if spec.is_probe else 0,
             # its start is the seed's linear probe
             seed_settings=probe_settings if spec.head_from_probe else None,
+            fit=fit_logistic_probe if spec.closed_form else None,
         )
         needs = ("linear_probe",) if spec.head_from_probe else ()
         planned.append(PlannedVariant(variant, task, cfg.seeds, MODELS / "finetune", needs=needs))

@@ -38,12 +38,14 @@ def run(cfg: FinchConfig) -> None:
 
     features = DomainFeatures(feature_extractor(cfg.pretrain.model, BACKBONE, data.in_chans), data.mean, data.std)
     features.to(device)
-    real_f, fake_f = features.of(data.test.x), features.of(images)
-    # equal sizes throughout, and per set a real-vs-real reference of that size (see set_quality)
+    # against the validation images (never the test split); equal sizes throughout, and per set a
+    # real-vs-real reference of that size over several draws (see set_quality)
+    real_f, fake_f = features.of(data.val.x), features.of(images)
     quality = {
         "per_class_generated": per_class,
+        "real_split": "validation",
         **synthetic_quality(
-            real_f, data.test.y, fake_f, labels, data.class_names, cfg.synthetic.pr_k, cfg.synthetic.seed
+            real_f, data.val.y, fake_f, labels, data.class_names, cfg.synthetic.pr_k, cfg.synthetic.seed
         ),
     }
     write_json(REPORTS / "synthetic_quality.json", quality)

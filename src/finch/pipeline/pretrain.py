@@ -69,8 +69,5 @@ def plan(cfg: FinchConfig, device) -> list:
             recipe=recipe,
             settings={"model": model_cfg.model_dump(), "recipe": recipe.model_dump()},
         )
-        # a means, not a finding: no convergence check (its runs are reported, not compared)
-        planned.append(
-            PlannedVariant(variant, source, [cfg.pretrain.seed], MODELS / "pretrain", check_convergence=False)
-        )
+        planned.append(PlannedVariant(variant, source, [cfg.pretrain.seed], MODELS / "pretrain"))
     return planned

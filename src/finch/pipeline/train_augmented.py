@@ -59,9 +59,12 @@ def augmented_variants(cfg: FinchConfig, data, synthetic_file: str) -> list[tupl
     runs = runs if cfg.synthetic.synthetic_only else []
     runs += [("real", None, True, True)] + [(mix_name(r), r, True, True) for r in cfg.synthetic.ratios]
     tc = cfg.teacher
+    # the teacher's recipe; every variant the same optimizer steps (synthetic.budgets), whatever its images
+    budgets = cfg.synthetic.budgets
     recipe = (
-        tc.recipe if cfg.synthetic.epochs is None else tc.recipe.model_copy(update={"epochs": cfg.synthetic.epochs})
+        tc.recipe if budgets is None else type(tc.recipe).model_validate(tc.recipe.model_dump() | {"budgets": budgets})
     )
+    reference = len(data.train)  # budgets count epochs of the real images
     out = []
     for name, share, real, pretrained in runs:
         parts = ([data.train] if real else []) + ([synthetic_subset(share)] if share is not None else [])
@@ -78,7 +81,14 @@ def augmented_variants(cfg: FinchConfig, data, synthetic_file: str) -> list[tupl
         build = partial(
             build_from_backbone, tc.model, data.num_classes, data.in_chans, BACKBONE if pretrained else None
         )
-        variant = Variant(stage="augmented", name=name, build_model=build, recipe=recipe, settings=settings)
+        variant = Variant(
+            stage="augmented",
+            name=name,
+            build_model=build,
+            recipe=recipe,
+            settings=settings,
+            budget_reference=reference,
+        )
         out.append((variant, task))
     return out
 

@@ -154,17 +154,20 @@ class Comparison:
     paired: pd.DataFrame
     curves: dict[str, pd.DataFrame]
     pareto: pd.DataFrame | None = None
-    convergence: pd.DataFrame = field(default_factory=pd.DataFrame)  # tables.convergence_table rows
+    # finch.report.budgets tables, this study's rows: the budget curve, the plateau rule, and every
+    # comparison at every budget
+    budgets: pd.DataFrame = field(default_factory=pd.DataFrame)
+    plateau: pd.DataFrame = field(default_factory=pd.DataFrame)
+    at_budgets: pd.DataFrame = field(default_factory=pd.DataFrame)
     below_floors: list[str] = field(default_factory=list)  # variants whose mean is under the highest floor
     highest_floor: float = float("nan")
-    highest_floor_val: float = float("nan")  # the highest floor's validation accuracy (the convergence check's scale)
 
     @property
     def still_improving(self) -> list[str]:
-        """Variants whose convergence check says they are still improving."""
-        if self.convergence.empty:
+        """Variants the plateau rule does not call a plateau (still improving, or undetermined)."""
+        if self.plateau.empty:
             return []
-        return list(self.convergence[~self.convergence.converged].variant)
+        return list(self.plateau[self.plateau["mark"] != "plateau"].variant)
 
     @property
     def pareto_front(self) -> list[str]:
@@ -214,6 +217,12 @@ def _pareto_points(summary: pd.DataFrame, stage: str, order: list[str]) -> pd.Da
     return pd.DataFrame(points)
 
 
+def _rows_of(table: pd.DataFrame, stage: str, floors: list[str]) -> pd.DataFrame:
+    """``stage``'s rows of a budgets table, and those of the floors it is shown with."""
+    shown = (table.stage == stage) | ((table.stage == "floors") & table.variant.isin(floors))
+    return table[shown].reset_index(drop=True)
+
+
 def compare_variants(
     study: Study,
     variants: dict[str, list[RunRecord]],
@@ -221,12 +230,13 @@ def compare_variants(
     family: pd.DataFrame,
     cfg: AggregateConfig,
     floors: dict[str, str] | None = None,
-    convergence: pd.DataFrame | None = None,
-    floor_val: float = float("nan"),
+    budget_tables: dict[str, pd.DataFrame] | None = None,
 ) -> Comparison:
     """The comparison section's data for ``study``; ``variants`` maps variant → its records
-    (in record order), ``family`` is the study's comparison family (:func:`study_comparisons`)."""
+    (in record order), ``family`` is the study's comparison family (:func:`study_comparisons`),
+    ``budget_tables`` the whole study's budgets, plateau and at_budgets tables (finch.report.budgets)."""
     stage = study.key
+    floor_names = list(floors or {})
     baselines = present_baselines(stage, summary, cfg)
     order = sorted(variants, key=lambda v: (v not in baselines, list(variants).index(v)))
     present = set(summary[summary.stage == stage].metric)
@@ -266,8 +276,7 @@ def compare_variants(
         paired=paired,
         curves={v: mean_curve(variants[v]) for v in order},
         pareto=pareto,
-        convergence=convergence if convergence is not None else pd.DataFrame(),
+        **{name: _rows_of(t, stage, floor_names) for name, t in (budget_tables or {}).items()},
         below_floors=below,
         highest_floor=highest_floor,
-        highest_floor_val=floor_val,
     )

@@ -18,6 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 
 from finch.io import write_with  # noqa: E402
 from finch.report.comparisons import on_pareto_front  # noqa: E402
@@ -99,9 +100,13 @@ def _figure_jobs(report: Report, fig_dir: Path):
                 rows = c.paired.to_dict("records")
                 args = (rows, "accuracy difference", fig_dir / paired_file(stage))
                 yield forest_figure, args, {"title": title, "zero": True}
-            curves = {v: curve.to_dict("records") for v, curve in c.curves.items()}
-            args = (curves, fig_dir / variant_curves_file(stage))
-            yield variant_curves_figure, args, {"title": f"{stage}: mean over seeds"}
+            if not c.budgets.empty and (c.budgets.steps > 0).any():  # budget curves (wsd)
+                args = (c.budgets.to_dict("records"), fig_dir / variant_curves_file(stage))
+                yield budget_figure, args, {"title": f"{stage}: test accuracy against budget"}
+            else:
+                curves = {v: curve.to_dict("records") for v, curve in c.curves.items() if not curve.empty}
+                args = (curves, fig_dir / variant_curves_file(stage))
+                yield variant_curves_figure, args, {"title": f"{stage}: mean over seeds"}
             if c.pareto is not None:
                 title = f"{stage}: accuracy against cost"
                 yield pareto_figure, (c.pareto.to_dict("records"), fig_dir / pareto_file(stage)), {"title": title}
@@ -109,11 +114,13 @@ def _figure_jobs(report: Report, fig_dir: Path):
             label, recs = variant_label(v.stage, v.variant), v.records
             args = (summed_confusion(recs), recs[0].class_names, fig_dir / confusion_file(v.stage, v.variant))
             yield confusion_figure, args, {"title": f"{label}: confusion summed over {len(recs)} seed(s)"}
-            histories = {f"seed {r.seed}": r.history for r in sorted(recs, key=lambda r: r.seed)}
+            ordered = sorted(recs, key=lambda r: r.seed)
+            histories = {f"seed {r.seed}": r.history for r in ordered}
+            budgets = {f"seed {r.seed}": r.budgets for r in ordered}
             yield (
                 curves_figure,
                 (histories, fig_dir / curves_file(v.stage, v.variant)),
-                {"title": f"{label}: learning curves"},
+                {"title": f"{label}: learning curves", "budgets": budgets},
             )
     for metric, rows in report.forest.items():
         if not rows.empty:
@@ -154,22 +161,37 @@ def confusion_figure(confusion, class_names: list[str], path: Path | str, title:
     _save(fig, path)
 
 
-def curves_figure(histories: dict[str, list[dict]], path: Path | str, title: str = "") -> None:
-    """Train/validation loss and validation accuracy per epoch, one line per run."""
+def curves_figure(
+    histories: dict[str, list[dict]], path: Path | str, title: str = "", budgets: dict[str, list[dict]] | None = None
+) -> None:
+    """Train (and validation) loss per epoch, one line per run; validation accuracy per epoch,
+    or, for a run with budgets (wsd), at the end of each budget's decay against its step."""
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.6))
+    at_budgets = any((budgets or {}).values())
     for label, rows in histories.items():
         if not rows:
             continue
         epochs = [r["epoch"] for r in rows]
-        line = ax_loss.plot(epochs, [r["train_loss"] for r in rows], label=f"{label} train")[0]
-        ax_loss.plot(epochs, [r["val_loss"] for r in rows], "--", color=line.get_color(), label=f"{label} val")
-        ax_acc.plot(epochs, [r["val_accuracy"] for r in rows], color=line.get_color(), label=label)
+        if "train_loss" not in rows[0]:  # a closed-form fit (the logistic probe): no loss curve
+            line = ax_loss.plot([], [])[0]
+        else:
+            line = ax_loss.plot(epochs, [r["train_loss"] for r in rows], label=f"{label} train")[0]
+        if "val_loss" in rows[0]:
+            ax_loss.plot(epochs, [r["val_loss"] for r in rows], "--", color=line.get_color(), label=f"{label} val")
+        if at_budgets:
+            own = (budgets or {}).get(label, [])
+            ax_acc.plot(
+                [b["steps"] for b in own], [b["val_accuracy"] for b in own], "o-", color=line.get_color(), label=label
+            )
+        else:
+            ax_acc.plot(epochs, [r["val_accuracy"] for r in rows], color=line.get_color(), label=label)
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("loss (solid: train, dashed: validation)")
-    ax_acc.set_xlabel("epoch")
-    ax_acc.set_ylabel("validation accuracy")
-    ax_acc.legend(fontsize=7)
-    if len(histories) <= 3:
+    ax_acc.set_xlabel("budget (optimizer steps)" if at_budgets else "epoch")
+    ax_acc.set_ylabel("validation accuracy" + (" at the end of each decay" if at_budgets else ""))
+    if ax_acc.get_legend_handles_labels()[0]:
+        ax_acc.legend(fontsize=7)
+    if len(histories) <= 3 and ax_loss.get_legend_handles_labels()[0]:
         ax_loss.legend(fontsize=7)
     fig.suptitle(title or "learning curves")
     _save(fig, path)
@@ -200,6 +222,32 @@ def variant_curves_figure(curves: dict[str, list[dict]], path: Path | str, title
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     ax.set_title(title or "learning curves by variant")
+    _save(fig, path)
+
+
+def budget_figure(rows: list[dict], path: Path | str, title: str = "") -> None:
+    """Test accuracy against budget (optimizer steps), one line per variant with its two-level
+    95% interval as a band; a variant with one model (no budgets) and each floor as a level line."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    table = pd.DataFrame(rows)
+    steps = table.steps[table.steps > 0]
+    span = (steps.min() * 0.9, steps.max() * 1.05) if not steps.empty else (0, 1)
+    for (stage, variant), part in table.groupby(["stage", "variant"], sort=False):
+        part = part.sort_values("steps")
+        label = variant if stage != "floors" else f"floor: {variant}"
+        if (part.steps > 0).any():
+            line = ax.plot(part.steps, part.test_accuracy, "o-", label=label)[0]
+            ax.fill_between(part.steps, part.low, part.high, color=line.get_color(), alpha=0.15)
+        else:
+            r = part.iloc[0]
+            style = ":" if stage == "floors" else "--"
+            line = ax.plot(span, [r.test_accuracy] * 2, style, label=label)[0]
+            ax.fill_between(span, [r.low] * 2, [r.high] * 2, color=line.get_color(), alpha=0.1)
+    ax.set_xlabel("budget (optimizer steps; each point: the end of its decay)")
+    ax.set_ylabel("test accuracy (mean over seeds; band: 95% interval)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    ax.set_title(title or "budget curves")
     _save(fig, path)
 
 

@@ -17,16 +17,28 @@ from finch.runs import RunKind, RunRecord
 
 
 def mean_curves(records: list[RunRecord], stage: str) -> pd.DataFrame:
-    """Wide table: epoch, then one column per variant with its mean validation accuracy over
-    seeds (epochs every seed reached)."""
+    """Wide table: ``budget``, then one column per variant with its mean over seeds: with budgets
+    (wsd), the test accuracy at each budget (optimizer steps); otherwise the validation accuracy
+    per epoch (epochs every seed reached)."""
+    budgeted: dict[str, dict[int, list[float]]] = {}
+    for rec in records:
+        if rec.stage == stage and rec.kind == RunKind.CLASSIFIER and rec.budgets:
+            for row in rec.budgets:
+                budgeted.setdefault(rec.variant, {}).setdefault(int(row["steps"]), []).append(row["test_accuracy"])
+    if budgeted:
+        steps = sorted({s for by_steps in budgeted.values() for s in by_steps})
+        table = pd.DataFrame({"budget": steps})
+        for variant, by_steps in sorted(budgeted.items()):
+            table[variant] = [float(np.mean(by_steps[s])) if s in by_steps else np.nan for s in steps]
+        return table
     by_variant: dict[str, list[RunRecord]] = {}
     for rec in records:
-        if rec.stage == stage and rec.kind == RunKind.CLASSIFIER and rec.history:
+        if rec.stage == stage and rec.kind == RunKind.CLASSIFIER and rec.history and "val_accuracy" in rec.history[0]:
             by_variant.setdefault(rec.variant, []).append(rec)
     if not by_variant:
         return pd.DataFrame()
     n = max(min(len(r.history) for r in recs) for recs in by_variant.values())
-    table = pd.DataFrame({"epoch": np.arange(1, n + 1)})
+    table = pd.DataFrame({"budget": np.arange(1, n + 1)})
     for variant, recs in sorted(by_variant.items()):
         reached = min(len(r.history) for r in recs)
         values = [float(np.mean([r.history[i]["val_accuracy"] for r in recs])) for i in range(reached)]

@@ -15,7 +15,7 @@ import pandas as pd
 
 from finch.config import AggregateConfig
 from finch.io import read_json, write_json, write_text, write_with
-from finch.report import figures, tables
+from finch.report import budgets, figures, tables
 from finch.report.comparisons import Comparison, all_comparisons, compare_variants
 from finch.report.markdown import render_results
 from finch.report.plots import write_plot_data
@@ -27,6 +27,7 @@ from finch.runs import RunKind, RunRecord
 
 __all__ = ["Report", "build_report", "runs_table", "summary_json", "write_reports"]
 
+SCHEDULES = "schedules/table.md"  # scripts/wsd_vs_cosine.py's table, shown in results.md
 EXTRA_METRICS = ["precision_macro", "recall_macro", "top5_accuracy"]  # shown after the headline metrics
 
 
@@ -72,6 +73,7 @@ class Report:
     headline_metrics: list[str]
     confidence: float
     numerics: dict[str, int]  # what the runs were trained under (torch build, CPU kernels or GPU) → run count
+    schedules: str | None = None  # reports/schedules/table.md: WSD against cosine on validation
 
 
 def _variant_section(stage: str, variant: str, recs: list[RunRecord], summary, cfg) -> VariantSection:
@@ -96,7 +98,7 @@ def build_report(
     card: dict | None = None,
     quality: dict | None = None,
     floors: dict | None = None,
-    convergence: pd.DataFrame | None = None,
+    budget_tables: dict[str, pd.DataFrame] | None = None,
     floors_by_stage: dict[str, dict] | None = None,
 ) -> Report:
     """The data of results.md: a section per study with classifier runs (registry order, then
@@ -113,17 +115,12 @@ def build_report(
         variants, s = by_stage[stage], study(stage)
         own = (floors_by_stage or {}).get(stage, floors or {})
         with_floors = tables.floor_labels(own) if own and s.target_task else {}
-        floor_val = max(
-            (max(f.get("val_accuracy", {}).values(), default=float("nan")) for f in own.values()),
-            default=float("nan"),
-        )
         compared = len(variants) > 1 or cfg.baselines.get(stage) or cfg.variant_baselines.get(stage) or with_floors
-        checked = convergence[convergence.stage == stage] if convergence is not None else pd.DataFrame()
         section = StudySection(
             study=s,
             variants=[_variant_section(stage, v, variants[v], summary, cfg) for v in sorted(variants)],
             comparison=(
-                compare_variants(s, variants, summary, families[stage], cfg, with_floors, checked, floor_val)
+                compare_variants(s, variants, summary, families[stage], cfg, with_floors, budget_tables)
                 if compared
                 else None
             ),
@@ -150,6 +147,16 @@ def build_report(
     )
 
 
+def schedules_table(path: Path, card: dict | None) -> str | None:
+    """scripts/wsd_vs_cosine.py's table, when it was measured on this study's data (its first line
+    names the data's content hash): a measurement made before the study, on validation, so not a
+    DVC dependency of the aggregate; another dataset's runs do not show it."""
+    if not path.is_file() or not card:
+        return None
+    first, _, table = path.read_text().partition("\n")
+    return table.strip() if first.strip() == f"<!-- data: {card['target']['content_hash']} -->" else None
+
+
 def _write_csv(path: Path, table: pd.DataFrame, float_format: str = "%.10g") -> None:
     write_with(path, lambda tmp: table.to_csv(tmp, index=False, float_format=float_format))
 
@@ -168,8 +175,9 @@ def write_reports(
     ``card_path``: the prepare stage's data card (the Data section; skipped when missing).
     ``quality_path``: the generate stage's synthetic_quality.json, for the synthetic-data section.
     ``floors_path``: the floors stage's floors.json: raw-pixel classifiers, shown in every study on
-    the target task and in the summary (stage ``floors``). Also writes convergence.csv: the
-    convergence check of every variant that has one.
+    the target task and in the summary (stage ``floors``). Also writes budgets.csv (every
+    variant's test accuracy at every budget, the floors too), plateau.csv (the plateau rule) and
+    budget_comparisons.csv (every comparison at every budget): see :mod:`finch.report.budgets`.
     """
     out = Path(out)
     table = runs_table(records)
@@ -180,8 +188,7 @@ def write_reports(
     every_floor = floors | {name: f for own in floors_by_stage.values() for name, f in own.items()}
     if every_floor:
         summary = pd.concat([summary, tables.floor_summary(every_floor)], ignore_index=True)
-    convergence = tables.convergence_table(records)
-    _write_csv(out / "convergence.csv", convergence)
+    budget_tables = budgets.write_tables(records, every_floor, summary, cfg, out)
     write_json(out / "summary.json", summary_json(summary, cfg.headline_metrics))
     _write_csv(out / "summary.csv", summary)
     families = all_comparisons(table, summary, cfg)
@@ -191,7 +198,8 @@ def write_reports(
 
     card = read_json(card_path) if Path(card_path).is_file() else None
     quality = read_json(quality_path) if quality_path and Path(quality_path).is_file() else None
-    report = build_report(records, summary, families, cfg, card, quality, floors, convergence, floors_by_stage)
+    report = build_report(records, summary, families, cfg, card, quality, floors, budget_tables, floors_by_stage)
+    report.schedules = schedules_table(out / SCHEDULES, card)
     write_json(out / "numerics.json", report.numerics)  # how strictly `finch verify` compares
     figures.write_figures(report, out / "figures")
     write_text(out / "results.md", render_results(report))

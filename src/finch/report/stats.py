@@ -55,8 +55,19 @@ def bootstrap_interval(values, confidence: float = 0.95, n_resamples: int = 9999
     return (float(res.confidence_interval.low), float(res.confidence_interval.high))
 
 
+# metrics that are shares (accuracy, agreement, F1, AUROC, calibration error): their intervals are
+# cut to [0, 1], where the mean they bound lies (a t interval of a few seeds can reach past it)
+_SHARES = ("accuracy", "top5_accuracy", "precision_macro", "recall_macro", "f1_macro", "auroc_macro", "ece",
+           "class_acc", "teacher_accuracy", "teacher_agreement")  # fmt: skip
+
+
+def is_share(metric: str) -> bool:
+    """Whether ``metric`` lies in [0, 1] (a head's suffix and a class name aside)."""
+    return metric.split(".", 1)[0] in _SHARES
+
+
 def summarize(runs: pd.DataFrame, confidence: float, n_resamples: int, seed: int) -> pd.DataFrame:
-    """Per (stage, variant, metric): n, mean, std and both intervals.
+    """Per (stage, variant, metric): n, mean, std and both intervals (a share's cut to [0, 1]).
 
     ``runs`` is the long table with columns stage, variant, seed, metric, value.
     """
@@ -71,10 +82,14 @@ def summarize(runs: pd.DataFrame, confidence: float, n_resamples: int, seed: int
                 "n": len(values),
                 "mean": float(values.mean()),
                 "std": float(values.std(ddof=1)) if len(values) > 1 else np.nan,
-                **both_intervals(values, confidence, n_resamples, seed),
+                **_bounded(both_intervals(values, confidence, n_resamples, seed), is_share(metric)),
             }
         )
     return pd.DataFrame(rows)
+
+
+def _bounded(intervals: dict[str, float], share: bool) -> dict[str, float]:
+    return {k: float(np.clip(v, 0.0, 1.0)) if share and not np.isnan(v) else v for k, v in intervals.items()}
 
 
 def both_intervals(values: np.ndarray, confidence: float, n_resamples: int, seed: int) -> dict[str, float]:

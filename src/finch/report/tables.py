@@ -122,8 +122,9 @@ def summed_confusion(records: list[RunRecord]) -> np.ndarray:
 
 def mean_curve(records: list[RunRecord]) -> pd.DataFrame:
     """Per epoch, validation accuracy over seeds: epoch, val_accuracy (mean), low, high (min, max);
-    only the epochs every seed reached."""
-    n = min(len(r.history) for r in records)
+    only the epochs every seed reached. Empty for runs that validate at their budgets only (wsd)."""
+    validated = all(r.history and "val_accuracy" in r.history[0] for r in records)
+    n = min(len(r.history) for r in records) if validated else 0
     return pd.DataFrame(
         [
             {
@@ -167,6 +168,7 @@ def ensemble_table(records: list[RunRecord]) -> pd.DataFrame:
 
 
 QUALITY_MEASURES = ["fid", "kid", "kid_std", "precision", "recall"]
+REFERENCE_SPREAD = ["fid_sd", "kid_sd", "precision_sd", "recall_sd"]  # the real-vs-real draws' SD
 GENERATED_VS_REAL, REAL_VS_REAL = "generated vs real", "*real vs real*"
 
 
@@ -179,9 +181,11 @@ def quality_table(quality: dict) -> pd.DataFrame:
     for name, q in sets.items():
         rows.append({"set": name, "compared": GENERATED_VS_REAL, **{m: q[m] for m in ["n", *QUALITY_MEASURES]}})
         ref = q["reference"]
-        rows.append({"set": name, "compared": REAL_VS_REAL, **{m: ref[m] for m in ["n", *QUALITY_MEASURES]}})
-    table = pd.DataFrame(rows, columns=["set", "compared", "n", *QUALITY_MEASURES])
-    return table.astype({"n": int, **{c: float for c in QUALITY_MEASURES}})
+        measures = ["n", *QUALITY_MEASURES, *REFERENCE_SPREAD, "draws"]
+        rows.append({"set": name, "compared": REAL_VS_REAL, **{m: ref.get(m) for m in measures}})
+    columns = ["set", "compared", "n", *QUALITY_MEASURES, *REFERENCE_SPREAD, "draws"]
+    table = pd.DataFrame(rows, columns=columns)
+    return table.astype({"n": int, **{c: float for c in QUALITY_MEASURES + REFERENCE_SPREAD + ["draws"]}})
 
 
 def variant_label(stage: str, variant: str) -> str:
@@ -189,7 +193,7 @@ def variant_label(stage: str, variant: str) -> str:
     return stage if variant == "default" else f"{stage}/{variant}"
 
 
-# ------------------------------------------------------------------------ floors and convergence
+# ------------------------------------------------------------------------ floors
 FLOORS_STAGE = "floors"
 
 
@@ -222,50 +226,3 @@ def floor_sets(floors_doc: dict) -> tuple[dict, dict[str, dict]]:
         for name, f in scarce["floors"].items()
     }
     return dict(floors_doc.get("floors", {})), {stage: renamed for stage in scarce["stages"]}
-
-
-CONVERGENCE_COLUMNS = [
-    "stage", "variant", "seed", "epochs", "best_val", "longer_epochs", "longer_best_val", "gain", "seed_spread",
-    "threshold", "converged",
-]  # fmt: skip
-
-
-def convergence_table(records: list[RunRecord], longer_name: str = "longer.json") -> pd.DataFrame:
-    """Per variant with a convergence check (the ``longer.json`` its stage wrote next to its runs):
-    the regular run's and the longer run's best validation accuracy on the same seed, the gain, and
-    the verdict. Rule: *still improving* when the longer schedule gains more than the seeds' spread
-    of best validation accuracy (their standard deviation), or than one validation image where the
-    spread is smaller; *converged* otherwise (a loss counts as converged)."""
-    by_variant: dict[tuple[str, str], list[RunRecord]] = {}
-    for rec in records:
-        if rec.path is not None and rec.best_epoch:
-            by_variant.setdefault((rec.stage, rec.variant), []).append(rec)
-    rows = []
-    for (stage, variant), recs in sorted(by_variant.items()):
-        path = Path(recs[0].path).parent / longer_name
-        if not path.is_file():
-            continue
-        longer = read_json(path)
-        best = {r.seed: r.history[r.best_epoch - 1]["val_accuracy"] for r in recs if r.history}
-        if longer["seed"] not in best:
-            continue
-        spread = float(np.std(list(best.values()), ddof=1)) if len(best) > 1 else float("nan")
-        n_val = int(longer.get("validation_images", 0))
-        threshold = max(spread if spread == spread else 0.0, 1.0 / n_val if n_val else 0.0)
-        gain = float(longer["best_val_accuracy"]) - float(best[longer["seed"]])
-        rows.append(
-            {
-                "stage": stage,
-                "variant": variant,
-                "seed": longer["seed"],
-                "epochs": longer["regular_epochs"],
-                "best_val": float(best[longer["seed"]]),
-                "longer_epochs": longer["epochs"],
-                "longer_best_val": float(longer["best_val_accuracy"]),
-                "gain": gain,
-                "seed_spread": spread,
-                "threshold": threshold,
-                "converged": bool(gain <= threshold),
-            }
-        )
-    return pd.DataFrame(rows, columns=CONVERGENCE_COLUMNS)

@@ -5,7 +5,8 @@ the whole of training: batched augmentation, optimizer and schedule, EMA, AMP on
 gradient clipping, validation every epoch with best-checkpoint selection and early
 stopping, resume from the last epoch's checkpoint, and a clear stop on a non-finite loss.
 :class:`TrainState` is everything that changes while training (and what a resume checkpoint
-holds); :func:`train_one_epoch` is the step loop. The test split is not seen here: callers
+holds); :func:`train_steps` is the step loop. With the ``wsd`` schedule, every budget but
+the last is a decay branch off the one main run (:func:`run_branch`). The test split is not seen here: callers
 evaluate it once, after ``fit``.
 """
 
@@ -16,6 +17,7 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
@@ -37,9 +39,12 @@ from finch.train.losses import Objective, ParameterPenalty
 from finch.train.optim import (
     build_optimizer,
     build_scheduler,
+    check_wsd_budget,
     current_lr,
+    end_wsd_at,
     load_scheduler_state,
     scheduler_state,
+    wsd_decay_steps,
 )
 from finch.train.runtime import restore_rng_state, rng_state, seed_everything
 
@@ -58,9 +63,18 @@ class FitResult:
     train_images_per_s: float = 0.0
     stopped_early: bool = False
     resumed_from_epoch: int | None = None
+    # wsd: one row per budget (optimizer steps), the model at the end of that budget's decay
+    budgets: list[dict] = field(default_factory=list)
+
+
+# called at the end of every budget's decay with the model evaluated there and the budget (steps);
+# what it returns is added to that budget's row (a study adds the test split's predictions)
+BudgetHook = Callable[[torch.nn.Module, int], dict]
 
 
 def _score(row: dict, select_on: str) -> float:
+    if select_on == "last":
+        return float(row["epoch"])
     return row["val_accuracy"] if select_on == "val_accuracy" else -row["val_loss"]
 
 
@@ -78,7 +92,9 @@ def validate(model, data: TaskData, recipe: RecipeConfig, device, objective) -> 
 class TrainState:
     """Everything that changes while a run trains; :meth:`state_dict` is a resume checkpoint.
 
-    ``epoch`` counts finished epochs; ``best_state`` holds the weights of the best one.
+    ``epoch`` counts finished epochs; ``best_state`` holds the weights of the best one. ``order``
+    is the running epoch's permutation (an epoch can be cut by a decay branch or a resume),
+    ``epoch_loss`` the sum of its losses so far, ``budgets`` the rows of the finished budgets.
     """
 
     model: torch.nn.Module
@@ -97,6 +113,9 @@ class TrainState:
     train_time_s: float = 0.0  # wall time of the epochs, validation included
     train_images: int = 0  # images trained on (all ranks), for the throughput
     train_seconds: float = 0.0  # ... and the time that took
+    order: torch.Tensor | None = None
+    epoch_loss: float = 0.0
+    budgets: list[dict] = field(default_factory=list)
 
     @property
     def eval_model(self) -> torch.nn.Module:
@@ -129,7 +148,7 @@ class TrainState:
     def load_state_dict(self, state: dict) -> None:
         for name in _PROGRESS:
             setattr(self, name, state[name])
-        self.history = list(self.history)
+        self.history, self.budgets = list(self.history), list(self.budgets)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         load_scheduler_state(self.scheduler, state["scheduler"])
@@ -204,24 +223,30 @@ class EpochPlan:
         return torch.autocast(self.device.type, enabled=False)
 
 
-def train_one_epoch(state: TrainState, plan: EpochPlan) -> float:
-    """One pass over this rank's shard of a fresh permutation of the training split; returns
-    the mean training loss on this rank."""
+def train_steps(state: TrainState, plan: EpochPlan, stop: int) -> float:
+    """Optimizer steps from ``state.global_step`` up to step ``stop``; returns the sum of their
+    losses on this rank. Each epoch is one pass over this rank's shard of a fresh permutation of
+    the training split, drawn as the epoch starts."""
     start = time.perf_counter()
     model, optimizer, scaler = state.model, state.optimizer, state.scaler
     recipe, train = plan.recipe, plan.data.train
     model.train()
     keep_frozen_norms_in_eval(model)
-    order = torch.randperm(len(train), generator=state.generator)  # the same on every rank
-    if plan.world > 1:
-        order = distributed.shard(order)
-    order = order.to(train.x.device)  # images kept on the GPU are gathered there, batch by batch
     # a finiteness check per step is a host sync: free on the CPU, a stall per step on a GPU,
-    # where the loss is summed on the device and checked once per epoch instead
+    # where the loss is summed on the device and checked once per call instead
     check_each_step = plan.device.type != "cuda"
     loss_sum = torch.zeros((), dtype=torch.float64, device=plan.device)
-    for step in range(plan.steps):
-        idx = order[step * plan.batch : (step + 1) * plan.batch]
+    n_steps = stop - state.global_step
+    for _ in range(n_steps):
+        step = state.global_step % plan.steps
+        if step == 0 or state.order is None:
+            order = torch.randperm(len(train), generator=state.generator)  # the same on every rank
+            if plan.world > 1:
+                order = distributed.shard(order)
+            state.order = order.to(train.x.device)  # images kept on the GPU are gathered there
+        elif state.order.device != train.x.device:  # resumed from a checkpoint
+            state.order = state.order.to(train.x.device)
+        idx = state.order[step * plan.batch : (step + 1) * plan.batch]
         raw = train.x[idx]
         if plan.rand_augment is not None:
             raw = plan.rand_augment(raw)
@@ -259,15 +284,56 @@ def train_one_epoch(state: TrainState, plan: EpochPlan) -> float:
         if state.scheduler is not None:
             state.scheduler.step_update(num_updates=state.global_step)
         loss_sum += loss.detach().double()
-    mean_loss = float(loss_sum) / plan.steps
-    if not math.isfinite(mean_loss):
+    total = float(loss_sum)
+    if not math.isfinite(total):
         raise NonFiniteLossError(
-            f"{plan.desc}: loss is {mean_loss} in epoch {state.epoch + 1}; "
+            f"{plan.desc}: loss is {total / max(n_steps, 1)} in epoch {state.epoch + 1}; "
             f"lower recipe.optimizer.lr (now {recipe.optimizer.lr}) or set recipe.grad_clip"
         )
     state.train_seconds += time.perf_counter() - start
-    state.train_images += plan.steps * plan.batch * plan.world
-    return mean_loss
+    state.train_images += n_steps * plan.batch * plan.world
+    return total
+
+
+def budget_steps(recipe: RecipeConfig, reference: int, world: int = 1) -> tuple[list[int], int]:
+    """The recipe's budgets (epochs of a training set of ``reference`` images) in optimizer
+    steps, and the steps of one such epoch (the warm-up counts them too): the same for every
+    variant trained with the same reference, whatever its own images."""
+    _, per_epoch = _batching(reference, recipe.batch_size, world)
+    return [max(1, round(b * per_epoch)) for b in recipe.budgets], per_epoch
+
+
+def wsd_branches(recipe: RecipeConfig, budgets: list[int]) -> dict[int, int]:
+    """Branch point (the step where its decay starts) → budget, for every budget (steps) but the
+    last (the main run's own decay ends at the last)."""
+    if recipe.scheduler.name != "wsd":
+        return {}
+    return {b - wsd_decay_steps(b, recipe.scheduler): b for b in budgets[:-1]}
+
+
+def run_budget(state: TrainState, plan: EpochPlan, budget: int, on_budget: BudgetHook | None) -> dict:
+    """The row of a budget whose decay has just ended: validation, and what ``on_budget`` adds."""
+    model = state.eval_model
+    row = {"steps": budget, "epochs": budget / plan.steps}
+    row.update(validate(model, plan.data, plan.recipe, plan.device, plan.objective))
+    if on_budget is not None:
+        row.update(on_budget(model, budget))
+    return row
+
+
+def run_branch(state: TrainState, plan: EpochPlan, budget: int, on_budget: BudgetHook | None) -> None:
+    """A decay branch: keep the state at the branch point, decay to ``budget`` steps, evaluate,
+    restore the kept state; the main run then continues as though the branch had not been taken."""
+    start = time.perf_counter()
+    kept = copy.deepcopy(state.state_dict())
+    end_wsd_at(state.scheduler, budget, plan.recipe.scheduler)
+    state.scheduler.step_update(num_updates=state.global_step)
+    train_steps(state, plan, budget)
+    row = run_budget(state, plan, budget, on_budget)
+    state.load_state_dict(kept)
+    row["branch_time_s"] = time.perf_counter() - start
+    state.budgets.append(row)
+    log.info("%s: budget %d steps (decay branch): val_acc %.3f", plan.desc, budget, row["val_accuracy"])
 
 
 def fit(
@@ -282,11 +348,20 @@ def fit(
     fingerprint: str = "",
     progress: bool = True,
     desc: str = "train",
+    on_budget: BudgetHook | None = None,
+    budget_reference: int | None = None,
 ) -> FitResult:
     """Train ``model`` on ``data.train``, select on ``data.val``; return the selected model.
 
-    With ``checkpoint_path``, the state is saved after every epoch and a run restarted with
-    the same ``fingerprint`` resumes from it.
+    With ``checkpoint_path``, the state is saved after every epoch (and at every decay branch's
+    start and end) and a run restarted with the same ``fingerprint`` resumes from it; a run
+    killed inside a branch redoes that branch from its start, which it kept.
+
+    With the ``wsd`` schedule the run lasts its last budget (:func:`budget_steps`: epochs of
+    ``budget_reference`` training images, default ``data.train``'s, in optimizer steps; or
+    ``recipe.epochs``), and every other budget is a decay branch off it (:func:`run_branch`);
+    each budget's row (``FitResult.budgets``) holds the model's validation numbers at the end of
+    its decay and whatever ``on_budget`` returns for it.
     """
     generator = seed_everything(seed)
     objective = objective or Objective(recipe.loss, data.num_classes, recipe.augment.mixing)
@@ -297,8 +372,18 @@ def fit(
     forward = distributed.wrap(model, device)  # DDP under torchrun: gradients averaged over ranks
     world = distributed.world_size()
     batch, steps = _batching(len(data.train), recipe.batch_size, world)
+    budgets, reference_steps = budget_steps(recipe, budget_reference or len(data.train), world)
+    total = budgets[-1] if budgets else recipe.epochs * steps
+    epochs = math.ceil(total / steps)  # the last one cut short when the budget ends inside it
     optimizer = build_optimizer(model, recipe.optimizer)
-    scheduler = build_scheduler(optimizer, recipe.scheduler, recipe.epochs, steps)
+    # budgets: the warm-up counts epochs of the reference set too, so every variant's rate is the same
+    scheduler = build_scheduler(
+        optimizer, recipe.scheduler, recipe.epochs, reference_steps if budgets else steps, total
+    )
+    budgeted = recipe.scheduler.name == "wsd"
+    branches = wsd_branches(recipe, budgets)
+    for budget in branches.values():  # every branch's decay starts after the warm-up: checked before training
+        check_wsd_budget(budget, scheduler.warmup_t, recipe.scheduler)
     ema = ModelEmaV3(model, decay=recipe.ema.decay) if recipe.ema.enabled else None
     plan = EpochPlan.build(model, forward, data, recipe, device, objective, batch, steps, world, desc)
     scaler = torch.amp.GradScaler("cuda") if plan.amp_dtype == torch.float16 else None
@@ -310,44 +395,71 @@ def fit(
         resumed_from = state.epoch
         log.info("%s: resumed from the checkpoint after epoch %d", desc, state.epoch)
 
+    def save() -> None:
+        if checkpoint_path is not None and distributed.is_main():  # written once
+            save_resume_state(checkpoint_path, state.state_dict(), fingerprint)
+
+    def next_branch() -> tuple[int, int] | None:
+        done = {row["steps"] for row in state.budgets}
+        todo = [(p, b) for p, b in sorted(branches.items()) if b not in done and p >= state.global_step]
+        return todo[0] if todo else None
+
     # a live bar on a terminal; one log line per epoch when output goes to a file or CI log
     live_bar = progress and sys.stderr.isatty()
-    bar = _epoch_bar(desc, state.epoch, recipe.epochs, show=live_bar)
+    bar = _epoch_bar(desc, state.epoch, epochs, show=live_bar)
     stopped_early = False
-    for epoch in bar:
-        epoch_start = time.perf_counter()
-        train_loss = train_one_epoch(state, plan)
+    epoch_time = 0.0
+    while state.global_step < total:
+        tick = time.perf_counter()
+        epoch_start, epoch_end = state.epoch * steps, min((state.epoch + 1) * steps, total)
+        branch = next_branch()
+        stop = epoch_end if branch is None else min(epoch_end, branch[0])
+        state.epoch_loss += train_steps(state, plan, stop)
+        epoch_time += time.perf_counter() - tick
+        if branch is not None and state.global_step == branch[0]:
+            save()  # the state at the branch point: a run killed inside the branch starts it again
+            run_branch(state, plan, branch[1], on_budget)
+            save()
+        if state.global_step < epoch_end:
+            continue
+        tick = time.perf_counter()
         row = {
-            "epoch": epoch + 1,
-            "train_loss": distributed.mean_over_ranks(train_loss),
-            **validate(state.eval_model, data, recipe, device, objective),
+            "epoch": state.epoch + 1,
+            "train_loss": distributed.mean_over_ranks(state.epoch_loss / (epoch_end - epoch_start)),
+            # wsd keeps the end of its decay, not the best epoch: it validates at its budgets only
+            **({} if budgeted else validate(state.eval_model, data, recipe, device, objective)),
             "lr": current_lr(optimizer),
         }
         if scheduler is not None:
-            scheduler.step(epoch + 1, row["val_loss"])
-        row["epoch_time_s"] = time.perf_counter() - epoch_start
+            scheduler.step(state.epoch + 1, row.get("val_loss"))
+        row["epoch_time_s"] = epoch_time + time.perf_counter() - tick
+        state.epoch_loss, epoch_time = 0.0, 0.0
         state.record_epoch(row, _score(row, recipe.select_on))
-        bar.set_postfix(loss=f"{row['train_loss']:.3f}", val_acc=f"{row['val_accuracy']:.3f}")
+        bar.update(1)
+        bar.set_postfix(loss=f"{row['train_loss']:.3f}", val_acc=f"{row.get('val_accuracy', math.nan):.3f}")
         if progress and not live_bar:
-            _log_epoch(desc, row, recipe.epochs)
-        if checkpoint_path is not None and distributed.is_main():  # written once
-            save_resume_state(checkpoint_path, state.state_dict(), fingerprint)
+            _log_epoch(desc, row, epochs)
+        save()
         if recipe.early_stopping_patience and state.stale >= recipe.early_stopping_patience:
             stopped_early = True
-            log.info("%s: early stop after epoch %d (best epoch %d)", desc, epoch + 1, state.best_epoch)
+            log.info("%s: early stop after epoch %d (best epoch %d)", desc, state.epoch, state.best_epoch)
             break
     bar.close()
+    if budgeted and total not in {row["steps"] for row in state.budgets}:
+        state.budgets.append(run_budget(state, plan, total, on_budget) | {"branch_time_s": 0.0})  # the main run's end
+        save()
 
     model.load_state_dict(state.best_state)
     return FitResult(
         model=model.eval(),
         history=state.history,
         best_epoch=state.best_epoch,
-        train_time_s=state.train_time_s,
+        train_time_s=state.train_time_s + sum(row["branch_time_s"] for row in state.budgets),
         train_loop_s=state.train_seconds,
         train_images_per_s=state.train_images / state.train_seconds if state.train_seconds else 0.0,
         stopped_early=stopped_early,
         resumed_from_epoch=resumed_from,
+        budgets=sorted(state.budgets, key=lambda row: row["steps"]),
     )
 
 
@@ -360,14 +472,14 @@ def _batching(n_train: int, batch_size: int, world: int) -> tuple[int, int]:
 
 
 def _log_epoch(desc: str, row: dict, epochs: int) -> None:
+    validated = f" val_loss {row['val_loss']:.3f} val_acc {row['val_accuracy']:.3f}" if "val_loss" in row else ""
     log.info(
-        "%s: epoch %d/%d train_loss %.3f val_loss %.3f val_acc %.3f (%.1fs)",
+        "%s: epoch %d/%d train_loss %.3f%s (%.1fs)",
         desc,
         row["epoch"],
         epochs,
         row["train_loss"],
-        row["val_loss"],
-        row["val_accuracy"],
+        validated,
         row["epoch_time_s"],
     )
 
@@ -375,7 +487,6 @@ def _log_epoch(desc: str, row: dict, epochs: int) -> None:
 def _epoch_bar(desc: str, start: int, epochs: int, show: bool) -> tqdm:
     """A live bar over the remaining epochs on a terminal; disabled otherwise."""
     return tqdm(
-        range(start, epochs),
         desc=desc,
         disable=not show,
         unit="epoch",

@@ -8,6 +8,7 @@ import torch
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from timm.scheduler.scheduler import Scheduler
+from timm.scheduler.wsd_lr import WSDLRScheduler
 
 from finch.config import OptimizerConfig, SchedulerConfig
 from finch.models import classifier_prefix
@@ -50,11 +51,34 @@ def _scaled_groups(model: torch.nn.Module, cfg: OptimizerConfig) -> list[dict]:
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, cfg: SchedulerConfig, epochs: int, steps_per_epoch: int
+    optimizer: torch.optim.Optimizer,
+    cfg: SchedulerConfig,
+    epochs: int,
+    steps_per_epoch: int,
+    total_steps: int | None = None,
 ) -> Scheduler | None:
-    """A timm scheduler stepped every update (``step_update``) and every epoch (``step``)."""
+    """A timm scheduler stepped every update (``step_update``) and every epoch (``step``).
+
+    ``wsd`` (warm-up, stable, decay: timm's ``WSDLRScheduler``, stepped per update) ends its decay at
+    ``total_steps`` (default ``epochs * steps_per_epoch``); :func:`end_wsd_at` moves that end to a
+    shorter budget for a decay branch.
+    """
     if cfg.name == "none":
         return None
+    if cfg.name == "wsd":
+        total = total_steps or epochs * steps_per_epoch
+        warmup = cfg.warmup_epochs * steps_per_epoch
+        check_wsd_budget(total, warmup, cfg)
+        return WSDLRScheduler(
+            optimizer,
+            t_initial=total - warmup,
+            decay_t=wsd_decay_steps(total, cfg),
+            lr_min=cfg.min_lr,
+            decay_fn=cfg.decay_shape,
+            warmup_t=warmup,
+            warmup_lr_init=cfg.warmup_lr,
+            t_in_epochs=False,
+        )
     common = dict(
         warmup_epochs=cfg.warmup_epochs,
         warmup_lr=cfg.warmup_lr,
@@ -99,6 +123,30 @@ def build_scheduler(
                 **common,
             )
     return sched
+
+
+def wsd_decay_steps(budget: int, cfg: SchedulerConfig) -> int:
+    """Steps of the decay that ends a ``budget``-step run: ``decay_fraction`` of it."""
+    return max(1, round(cfg.decay_fraction * budget))
+
+
+def check_wsd_budget(budget: int, warmup: int, cfg: SchedulerConfig) -> None:
+    """A budget's decay must start after the warm-up has ended."""
+    decay = wsd_decay_steps(budget, cfg)
+    if budget - decay < warmup:
+        raise ValueError(
+            f"a budget of {budget} optimizer steps decays over its last {decay}, which would start inside the "
+            f"warm-up ({warmup} steps = scheduler.warmup_epochs x steps per epoch): raise the budget, or lower "
+            "scheduler.warmup_epochs or scheduler.decay_fraction"
+        )
+
+
+def end_wsd_at(sched: WSDLRScheduler, budget: int, cfg: SchedulerConfig) -> None:
+    """Make ``sched`` decay to its end at step ``budget`` (a decay branch); the stable rate up to
+    the branch point is the same whatever the end, so a branch starts where the main run is."""
+    check_wsd_budget(budget, sched.warmup_t, cfg)
+    sched.t_initial = budget - sched.warmup_t
+    sched.decay_t = wsd_decay_steps(budget, cfg)
 
 
 def scheduler_state(sched: Scheduler | None) -> dict:
