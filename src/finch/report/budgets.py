@@ -149,6 +149,17 @@ def budget_table(curves_: dict[tuple[str, str], Curve], n_resamples: int, seed: 
 _BUDGET_COLUMNS = ["stage", "variant", "steps", "epochs", "last", "n", "val_accuracy", "test_accuracy", "low", "high"]
 
 
+def paired(
+    a: Curve, steps_a: int, b: Curve, steps_b: int, n_resamples: int, seed: int, confidence: float
+) -> tuple[list[int], tuple[float, float, float]]:
+    """``a`` at ``steps_a`` minus ``b`` at ``steps_b`` over the seeds both ran, image by image:
+    those seeds, and the difference's mean and two-level interval (NaN without a common seed)."""
+    seeds = sorted(set(a.seeds(steps_a)) & set(b.seeds(steps_b)))
+    if not seeds:
+        return seeds, (np.nan, np.nan, np.nan)
+    return seeds, two_level(a.matrix(steps_a, seeds) - b.matrix(steps_b, seeds), n_resamples, seed, confidence)
+
+
 def plateau_mark(low: float, high: float, delta: float) -> str:
     """*plateau* when the gain's interval lies below ``delta``; *still improving* when it lies above 0."""
     if high < delta:
@@ -168,10 +179,7 @@ def plateau_table(
         if len(curve.budgets) < 2 or stage == "floors":
             continue
         before, last = curve.budgets[-2:]
-        seeds = sorted(set(curve.seeds(before)) & set(curve.seeds(last)))
-        gain, low, high = two_level(
-            curve.matrix(last, seeds) - curve.matrix(before, seeds), n_resamples, seed, confidence
-        )
+        seeds, (gain, low, high) = paired(curve, last, curve, before, n_resamples, seed, confidence)
         rows.append(
             {
                 "stage": stage,
@@ -219,12 +227,9 @@ def budget_comparisons(
                 for steps in _shared_budgets(other, base):
                     steps_v = steps if steps in other.correct else ONE_MODEL
                     steps_b = steps if steps in base.correct else ONE_MODEL
-                    seeds = sorted(set(other.seeds(steps_v)) & set(base.seeds(steps_b)))
+                    seeds, (diff, low, high) = paired(other, steps_v, base, steps_b, n_resamples, seed, confidence)
                     if not seeds:
                         continue
-                    diff, low, high = two_level(
-                        other.matrix(steps_v, seeds) - base.matrix(steps_b, seeds), n_resamples, seed, confidence
-                    )
                     part.append(
                         {
                             "stage": stage,
