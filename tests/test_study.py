@@ -212,3 +212,38 @@ def test_a_run_with_budgets_records_each_budgets_test_accuracy_and_bits(toy_task
     assert rec.budgets[-1]["test_correct"] == rec.test_correct
     assert rec.metrics["accuracy"] == rec.budgets[-1]["test_accuracy"]
     assert (probs.argmax(1) == toy_task.test.y.numpy()).mean() == rec.metrics["accuracy"]
+
+
+def test_each_seed_draws_its_own_split_and_the_variants_of_a_seed_share_it(toy_task, tmp_path, monkeypatch):
+    """Issue 26.4: seeds vary the data split (stratified, same sizes, test untouched); the same seed
+    gives the same split, so the variants of a seed stay paired; image and feature tasks of the
+    same images split alike (labels and seed only); data.split_per_seed false keeps one split."""
+    from dataclasses import replace
+
+    from finch.data.splits import Split
+
+    a, b, again = toy_task.resplit(0), toy_task.resplit(1), toy_task.resplit(0)
+    for split in (a, b):
+        assert torch.equal(split.test.x, toy_task.test.x)
+        assert sorted(split.val.y.tolist()) == sorted(toy_task.val.y.tolist())  # per-class counts kept
+        assert len(split.train) == len(toy_task.train)
+        union = torch.cat([split.train.x, split.val.x]).flatten(1).sum(1).sort().values
+        assert torch.equal(union, torch.cat([toy_task.train.x, toy_task.val.x]).flatten(1).sum(1).sort().values)
+    assert not torch.equal(a.val.x, b.val.x) and torch.equal(a.val.x, again.val.x)
+    features = replace(
+        toy_task,
+        train=Split(toy_task.train.x.flatten(1).float(), toy_task.train.y),
+        val=Split(toy_task.val.x.flatten(1).float(), toy_task.val.y),
+        kind="features",
+    )
+    assert torch.equal(features.resplit(1).val.x, b.val.x.flatten(1).float())
+
+    from finch.study import execute, study_run
+
+    monkeypatch.chdir(tmp_path)
+    v = variant(toy_task, tiny_recipe(epochs=1))
+    for per_seed in (True, False):
+        cfg = FinchConfig(runtime={"progress": False}, data={"split_per_seed": per_seed})
+        execute(study_run(v, 1), v, toy_task, cfg, CPU, tmp_path / f"runs{per_seed}", tmp_path / "models")
+        rec = find_records(tmp_path / f"runs{per_seed}")[0]
+        assert rec.params["data_hash"] == ("toy+split1" if per_seed else "toy")

@@ -22,7 +22,7 @@ import torch
 
 from finch import distributed
 from finch.config import FinchConfig, RecipeConfig, config_hash
-from finch.data.splits import TaskData
+from finch.data.splits import TaskData, split_hash
 from finch.evaluate import HEAD_METRICS, agreement_with, classification_metrics, predict_heads, predict_proba
 from finch.io import save_tensors
 from finch.kfold import FoldEnsemble, fit_kfold
@@ -53,6 +53,9 @@ class Variant:
     seed_settings: Callable[[int], dict] | None = None
     # trains the model in place of the engine (model, data, seed) → FitResult: a closed-form probe
     fit: Callable[[torch.nn.Module, TaskData, int], object] | None = None
+    # whether each seed draws its own train/validation split (data.split_per_seed): not where the
+    # training set is built from the fixed split (the GAN study's scarce images and their mixes)
+    resplit: bool = True
     # the training set whose epochs the recipe's budgets count (None: the variant's own), so that
     # variants on more or fewer images train the same optimizer steps
     budget_reference: int | None = None
@@ -71,7 +74,13 @@ def run_settings(variant: Variant, data: TaskData, cfg: FinchConfig, seed: int) 
     count only."""
     runtime = cfg.runtime.model_dump(exclude={"workers", "progress"})
     extra = variant.seed_settings(seed) if variant.seed_settings else {}
-    return {**variant.settings, **extra, "data_hash": data.content_hash, "runtime": runtime}
+    data_hash = split_hash(data.content_hash, seed) if own_split(variant, cfg) else data.content_hash
+    return {**variant.settings, **extra, "data_hash": data_hash, "runtime": runtime}
+
+
+def own_split(variant: Variant, cfg: FinchConfig) -> bool:
+    """Whether the seeds of ``variant`` each draw their own train/validation split."""
+    return cfg.data.split_per_seed and variant.resplit
 
 
 @dataclass(frozen=True)
@@ -124,6 +133,8 @@ def execute(
     checkpoint after every epoch (and at every decay branch) lets a killed run resume.
     """
     settings = run_settings(variant, data, cfg, run.seed)
+    if own_split(variant, cfg):
+        data = data.resplit(run.seed)  # the variants of one seed share its split: comparisons stay paired
     key = run_key(variant.stage, variant.name, run.seed, config_hash(settings))
     name = run_name(variant.stage, variant.name, run.seed)
     checkpoint = CHECKPOINT_ROOT / variant.stage / variant.name / f"seed={run.seed}.pt"

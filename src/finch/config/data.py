@@ -42,6 +42,12 @@ class DataConfig(Strict):
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="image_folder without a test/ folder only")
     data_seed: int = Field(0, ge=0)
+    split_per_seed: bool = Field(
+        True,
+        description="each seed of a study draws its own stratified train/validation split from the training "
+        "images (the test split fixed), so seeds vary the data as well as initialisation and order; "
+        "false: data_seed's split for every seed",
+    )
     on_bad_image: Literal["fail", "skip"] = "fail"
     mean: list[float] = Field(default_factory=lambda: [0.2860])
     std: list[float] = Field(default_factory=lambda: [0.3530])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -23,6 +23,11 @@ class Split:
 
     def __len__(self) -> int:
         return len(self.y)
+
+
+def split_hash(content_hash: str, seed: int) -> str:
+    """The content hash of a task's data on ``seed``'s own split (:meth:`TaskData.resplit`)."""
+    return f"{content_hash}+split{seed}"
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,28 @@ class TaskData:
             }
             for split in splits
         ]
+
+    def resplit(self, seed: int) -> TaskData:
+        """The same training and validation images, drawn apart again for ``seed``: per class, a
+        seeded permutation of the class's train+validation images gives it as many validation
+        images as before, the rest train (in their original order); the test split is untouched.
+        It depends only on the labels and ``seed``, so an image task and its cached features get
+        the same split."""
+        x = torch.cat([self.train.x, self.val.x])
+        y = torch.cat([self.train.y, self.val.y])
+        generator = torch.Generator().manual_seed(1_000_003 + seed)
+        val = torch.zeros(len(y), dtype=torch.bool)
+        for c in range(self.num_classes):
+            members = torch.nonzero(y == c).squeeze(1)
+            n_val = int((self.val.y == c).sum())
+            val[members[torch.randperm(len(members), generator=generator)[:n_val]]] = True
+        train_idx, val_idx = torch.nonzero(~val).squeeze(1), torch.nonzero(val).squeeze(1)
+        return replace(
+            self,
+            train=Split(x[train_idx], y[train_idx]),
+            val=Split(x[val_idx], y[val_idx]),
+            content_hash=split_hash(self.content_hash, seed),
+        )
 
     def to_inputs(self, x: torch.Tensor, device: torch.device) -> torch.Tensor:
         """A raw batch of this task → model inputs: standardised images, or float features."""

@@ -68,6 +68,7 @@ def plan(cfg: FinchConfig, device) -> list:
             build_model=partial(build_from_backbone, model_cfg, source.num_classes, source.in_chans, None),
             recipe=recipe,
             settings={"model": model_cfg.model_dump(), "recipe": recipe.model_dump()},
+            resplit=False,  # the backbone is fixed across the study's seeds (named in results.md)
         )
         planned.append(PlannedVariant(variant, source, [cfg.pretrain.seed], MODELS / "pretrain"))
     return planned

@@ -56,7 +56,7 @@ def _training(name: str, records: str, params: tuple[str, ...], deps: tuple[str,
     common = ("profile", "seeds", "runtime") if seeds else ("profile", "runtime")
     return Stage(
         name=name,
-        params=common + params + ("evaluate",),
+        params=common + params + ("evaluate",) + (("data.split_per_seed",) if seeds else ()),
         outs=(f"models/{records}", f"reports/runs/{records}", f"reports/timing/{name}.json"),
         deps=("data/prepared", *deps),
         metrics=(f"reports/metrics/{name}.json",),

@@ -88,6 +88,7 @@ def augmented_variants(cfg: FinchConfig, data, synthetic_file: str) -> list[tupl
             recipe=recipe,
             settings=settings,
             budget_reference=reference,
+            resplit=False,  # the scarce images (and the GAN that learnt from them) come from the fixed split
         )
         out.append((variant, task))
     return out

@@ -74,6 +74,7 @@ class Report:
     confidence: float
     numerics: dict[str, int]  # what the runs were trained under (torch build, CPU kernels or GPU) → run count
     schedules: str | None = None  # reports/schedules/table.md: WSD against cosine on validation
+    split_per_seed: bool = False  # whether the seeds drew their own train/validation splits
 
 
 def _variant_section(stage: str, variant: str, recs: list[RunRecord], summary, cfg) -> VariantSection:
@@ -200,6 +201,8 @@ def write_reports(
     quality = read_json(quality_path) if quality_path and Path(quality_path).is_file() else None
     report = build_report(records, summary, families, cfg, card, quality, floors, budget_tables, floors_by_stage)
     report.schedules = schedules_table(out / SCHEDULES, card)
+    # a run on its seed's own split hashes it into its data (TaskData.resplit)
+    report.split_per_seed = any("+split" in str(r.params.get("data_hash", "")) for r in records)
     write_json(out / "numerics.json", report.numerics)  # how strictly `finch verify` compares
     figures.write_figures(report, out / "figures")
     write_text(out / "results.md", render_results(report))
