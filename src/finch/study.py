@@ -102,8 +102,9 @@ def study_run(variant: Variant, seed: int) -> Run:
 
 
 def budget_hook(data: TaskData, recipe: RecipeConfig, objective: Objective | None, device) -> BudgetHook:
-    """What a run records at each budget besides validation: the test split's accuracy and which
-    test images it got right (packed bits), for intervals over the test sample as well as seeds.
+    """What a run records at each decay branch besides validation: the test split's accuracy and
+    which test images it got right (packed bits), for intervals over the test sample as well as
+    seeds (the last budget's row takes :func:`test_once`'s test of the model the run returns).
     The design is fixed before the study runs; nothing is chosen from these numbers."""
     logits = objective.logits if objective is not None else (lambda out: out)
 
@@ -177,6 +178,9 @@ def execute(
     tested = time.perf_counter()
     metrics, cost, confusion, probs = test_once(result.model, objective, data, run.recipe, cfg, device)
     test_time_s = time.perf_counter() - tested
+    correct = probs.argmax(1) == data.test.y.numpy()
+    if result.budgets:  # the last budget is the model just tested: its row takes that test, not a second one
+        result.budgets[-1].update(test_accuracy=float(correct.mean()), test_correct=pack_correct(correct))
     if not distributed.is_main():  # under torchrun, rank 0 alone writes and logs
         return None, probs
     metrics["params_total"] += variant.frozen_outside
@@ -198,7 +202,8 @@ def execute(
         cost={
             "train_time_s": result.train_time_s,
             "train_loop_time_s": result.train_loop_s,
-            "validate_time_s": result.train_time_s - result.train_loop_s,
+            "validate_time_s": result.train_time_s - result.train_loop_s - result.branch_time_s,
+            "branch_time_s": result.branch_time_s,
             "test_time_s": test_time_s,
             "train_images_per_s": result.train_images_per_s,
             **cost,
@@ -213,7 +218,7 @@ def execute(
         kfold=kfold,
         history=result.history,
         budgets=result.budgets,  # a k-fold run has none
-        test_correct=pack_correct(probs.argmax(1) == data.test.y.numpy()),
+        test_correct=pack_correct(correct),
         datasets=data.dataset_inputs(),
         # what it trained, with its freezing; a k-fold run's k fold models are alike: the first stands for them
         model_summaries={

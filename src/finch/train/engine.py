@@ -58,8 +58,9 @@ class FitResult:
     model: torch.nn.Module
     history: list[dict] = field(default_factory=list)
     best_epoch: int | None = 0  # None: a k-fold ensemble (each fold has its own)
-    train_time_s: float = 0.0  # every epoch's wall time: the training loop and the validation pass
-    train_loop_s: float = 0.0  # the training loop alone
+    train_time_s: float = 0.0  # every epoch's wall time (training loop, validation) and the decay branches'
+    train_loop_s: float = 0.0  # the main run's training loop alone
+    branch_time_s: float = 0.0  # the decay branches (their steps and evaluation), within train_time_s
     train_images_per_s: float = 0.0
     stopped_early: bool = False
     resumed_from_epoch: int | None = None
@@ -361,7 +362,8 @@ def fit(
     ``budget_reference`` training images, default ``data.train``'s, in optimizer steps; or
     ``recipe.epochs``), and every other budget is a decay branch off it (:func:`run_branch`);
     each budget's row (``FitResult.budgets``) holds the model's validation numbers at the end of
-    its decay and whatever ``on_budget`` returns for it.
+    its decay and, for a branch, whatever ``on_budget`` returns for it (the last budget's model is
+    the one returned: its caller evaluates it, once).
     """
     generator = seed_everything(seed)
     objective = objective or Objective(recipe.loss, data.num_classes, recipe.augment.mixing)
@@ -446,16 +448,19 @@ def fit(
             break
     bar.close()
     if budgeted and total not in {row["steps"] for row in state.budgets}:
-        state.budgets.append(run_budget(state, plan, total, on_budget) | {"branch_time_s": 0.0})  # the main run's end
+        # the main run's end: validation only; the caller tests the model returned (the same weights) once
+        state.budgets.append(run_budget(state, plan, total, None) | {"branch_time_s": 0.0})
         save()
 
     model.load_state_dict(state.best_state)
+    branch_time = sum(row["branch_time_s"] for row in state.budgets)
     return FitResult(
         model=model.eval(),
         history=state.history,
         best_epoch=state.best_epoch,
-        train_time_s=state.train_time_s + sum(row["branch_time_s"] for row in state.budgets),
+        train_time_s=state.train_time_s + branch_time,
         train_loop_s=state.train_seconds,
+        branch_time_s=branch_time,
         train_images_per_s=state.train_images / state.train_seconds if state.train_seconds else 0.0,
         stopped_early=stopped_early,
         resumed_from_epoch=resumed_from,
