@@ -56,13 +56,13 @@ def test_a_branch_is_the_run_that_ends_at_its_budget(toy_task):
 def test_the_hook_sees_each_branchs_model_at_the_end_of_its_decay(toy_task):
     seen = []
 
-    def hook(model, steps):
-        seen.append((steps, model.training))
-        return {"marker": steps * 10}
+    def hook(model, row):
+        seen.append((row["steps"], model.training, "val_accuracy" in row))
+        return {"marker": row["steps"] * 10}
 
     result = train(toy_task, wsd([2.5, 4, 5.5]), on_budget=hook)
     # the last budget's model is the one returned: its caller tests it (once), not the hook
-    assert seen == [(10, False), (16, False)]
+    assert seen == [(10, False, True), (16, False, True)]
     assert [r.get("marker") for r in result.budgets] == [100, 160, None]
     assert all(r["branch_time_s"] > 0 for r in result.budgets[:2])
     assert result.branch_time_s == sum(r["branch_time_s"] for r in result.budgets[:2])
@@ -154,3 +154,11 @@ def test_budgets_count_epochs_of_the_reference_set_so_variants_train_the_same_st
     assert warmups == [8, 4]  # one epoch of warm-up: of its own images, or of the reference's
     assert [r["steps"] for r in own.budgets] == [28, 44]
     assert [r["steps"] for r in same.budgets] == [14, 22] and [r["epochs"] for r in same.budgets] == [1.75, 2.75]
+
+
+def test_budgets_that_come_to_the_same_steps_fail_before_training(toy_task):
+    """64 images at batch 32: 2 steps an epoch, so 1.1 and 1.2 epochs both round to 2 steps."""
+    from finch.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"come to \[2, 2\] optimizer steps at batch 32"):
+        train(toy_task, wsd([1.1, 1.2], batch_size=32))

@@ -88,6 +88,49 @@ def test_students_have_the_right_heads():
     assert not hasattr(plain, "head_dist") and plain(torch.zeros(2, 1, 12, 12)).shape == (2, 3)
 
 
+def test_a_conv_tokenizer_student_has_a_token_per_map_position_and_both_tokens():
+    """CCT's tokenizer through timm's HybridEmbed (issue 27, point 3): two blocks take 28 px to 7 x 7
+    tokens; the student keeps its class and distillation tokens and heads."""
+    from timm.layers import HybridEmbed
+
+    from finch.config import FinchConfig
+
+    tokenizer = {"channels": [8, 16]}
+    TOKENS_VIT = {"embed_dim": 16, "depth": 1, "num_heads": 2}  # img_size, patch_size: follow the data (28 px; 1)
+    cfg = FinchConfig.model_validate(
+        {
+            "student": {
+                "model": {"name": "deit_tiny_distilled_patch16_224", "kwargs": TOKENS_VIT, "tokenizer": tokenizer}
+            }
+        }
+    )
+    assert cfg.student.model.kwargs["patch_size"] == 1
+    student = build_student(cfg.student, "hard", 4, 1)
+    vit = student.vit
+    assert isinstance(vit.patch_embed, HybridEmbed) and vit.patch_embed.grid_size == (7, 7)
+    assert vit.pos_embed.shape[1] == 49 + 2  # the map's positions, the class and distillation tokens
+    student.eval()
+    cls, dist = student(torch.zeros(3, 1, 28, 28))
+    assert cls.shape == dist.shape == (3, 4)
+    plain = build_student(cfg.student, "class_token", 4, 1)
+    assert isinstance(plain.patch_embed, HybridEmbed) and plain(torch.zeros(2, 1, 28, 28)).shape == (2, 4)
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        # 28 → 14 → 7 → 4 → 2 tokens a side
+        ({"kwargs": {}, "tokenizer": {"channels": [8, 8, 8, 8]}}, "halve 28 px to 2 tokens"),
+        ({"kwargs": {"patch_size": 7}, "tokenizer": {"channels": [8]}}, "patch_size must be 1"),
+    ],
+)
+def test_a_tokenizer_that_does_not_fit_the_images_fails_naming_the_key(model, message):
+    from finch.config import FinchConfig
+
+    with pytest.raises(ValueError, match=message):
+        FinchConfig.model_validate({"student": {"model": {"name": "deit_tiny_distilled_patch16_224", **model}}})
+
+
 def trained_teacher_file(task, tmp_path):
     torch.manual_seed(0)
     teacher = build_model(TINY_MODEL, task.num_classes, task.in_chans)

@@ -329,3 +329,20 @@ def test_a_training_stage_runs_under_torchrun(smoke_repo):
     mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["finch-smoke"], filter_string="tags.`finch.world_size` = '2'")
     assert sorted(runs["tags.mlflow.runName"]) == ["teacher/seed=0", "teacher/seed=1"]  # one run each
+
+
+def test_finch_tune_searches_the_teacher_on_validation(smoke_repo):
+    """`finch tune` at smoke size on the stage's real inputs: its trials, a table, the best as -S
+    options; the trials nested under one MLflow run."""
+    import mlflow
+
+    repo, env = smoke_repo
+    out = run([sys.executable, "-m", "finch.cli", "tune", "--trials", "3"], repo, env)
+    table = pd.read_csv(repo / "reports/tune/teacher-default.csv")
+    assert list(table["trial"]) == [0, 1, 2]
+    assert table["val_accuracy@1.5ep"].between(0, 1).all()
+    assert "dvc exp run -S 'teacher.recipe.budgets=[1.5, 2]'" in out.stdout
+    assert "validation accuracy" in (repo / "reports/tune/teacher-default.md").read_text()
+    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
+    trials = mlflow.search_runs(experiment_names=["finch-smoke"], filter_string="tags.`finch.kind` = 'tune_trial'")
+    assert len(trials) == 3 and trials["tags.mlflow.parentRunId"].nunique() == 1

@@ -1,4 +1,4 @@
-"""The ``finch`` command: switch profile, sync MLflow, verify a reproduction."""
+"""The ``finch`` command: switch profile, sync MLflow, verify a reproduction, search a recipe."""
 
 from __future__ import annotations
 
@@ -51,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub.add_parser("check", help="validate params.yaml")
     sub.add_parser("readme", help="copy reports/headline.md (written by the aggregate stage) into README.md")
+    t = sub.add_parser(
+        "tune", help="search a variant's settings on the validation split (params.yaml's tune section; Optuna)"
+    )
+    t.add_argument("--trials", type=int, help="finished trials to reach (default: tune.trials); resumes a search")
     args = parser.parse_args(argv)
     try:
         if args.command == "profile":
@@ -70,10 +74,30 @@ def main(argv: list[str] | None = None) -> int:
             return _verify(args.reference)
         elif args.command == "readme":
             _readme()
+        elif args.command == "tune":
+            _tune(args.trials)
     except (ConfigError, FileNotFoundError, ValueError) as err:
         print(f"finch {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def _tune(trials: int | None) -> None:
+    import logging
+
+    from finch.train.runtime import configure
+    from finch.tune import REPORT_ROOT, best_values, run_search, set_options
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if trials is not None and trials < 1:
+        raise ConfigError(f"--trials {trials}: give at least 1")
+    cfg = load_params()
+    study = run_search(cfg, configure(cfg.runtime), trials)
+    values = best_values(study, cfg)
+    report = REPORT_ROOT / f"{cfg.tune.stage}-{cfg.tune.variant}.md"
+    print(f"tune: every trial in {report} (and .csv); the validation split only")
+    if values:
+        print(f"tune: best so far, to try it on every seed: dvc exp run {set_options(values)}")
 
 
 def _readme() -> None:

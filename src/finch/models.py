@@ -2,23 +2,42 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import timm
 import torch
+from timm.layers import HybridEmbed
 from torch import nn
 
-from finch.config import ModelConfig
+from finch.config import ModelConfig, TokenizerConfig
 from finch.errors import ModelError
 from finch.io import load_tensors, save_tensors
 
 
+class ConvTokenizer(nn.Sequential):
+    """CCT's tokenizer (Hassani et al. 2021, arXiv 2104.05704): conv–ReLU–max-pool blocks; timm's
+    :class:`~timm.layers.HybridEmbed` turns its map into tokens (a 1x1 projection, every position one)."""
+
+    def __init__(self, in_chans: int, cfg: TokenizerConfig):
+        layers: list[nn.Module] = []
+        for width in cfg.channels:
+            layers += [
+                nn.Conv2d(in_chans, width, cfg.kernel_size, padding=cfg.kernel_size // 2, bias=False),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(3, stride=2, padding=1),
+            ]
+            in_chans = width
+        super().__init__(*layers)
+
+
 def build_model(cfg: ModelConfig, num_classes: int, in_chans: int, pretrained: bool = False) -> nn.Module:
     """Create a timm model for ``in_chans``-channel images and ``num_classes`` classes."""
+    kwargs = cfg.timm_kwargs()
+    if cfg.tokenizer is not None:
+        kwargs["embed_layer"] = partial(HybridEmbed, backbone=ConvTokenizer(in_chans, cfg.tokenizer))
     try:
-        model = timm.create_model(
-            cfg.name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans, **cfg.timm_kwargs()
-        )
+        model = timm.create_model(cfg.name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans, **kwargs)
     except RuntimeError as err:
         if "Unknown model" in str(err):
             raise ModelError(f"model.name {cfg.name!r} is not a timm model ({err})") from None

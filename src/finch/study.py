@@ -108,7 +108,7 @@ def budget_hook(data: TaskData, recipe: RecipeConfig, objective: Objective | Non
     The design is fixed before the study runs; nothing is chosen from these numbers."""
     logits = objective.logits if objective is not None else (lambda out: out)
 
-    def at_budget(model: torch.nn.Module, steps: int) -> dict:
+    def at_budget(model: torch.nn.Module, row: dict) -> dict:
         probs, _ = predict_proba(
             model, data.test, data.to_inputs, recipe.eval_batch_size, device, logits, recipe.channels_last
         )

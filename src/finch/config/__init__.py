@@ -4,14 +4,14 @@ Every stage calls :func:`load_params` first: an unknown key, a wrong type or an
 out-of-range value fails before any work, naming the key and what is allowed.
 
 The sections live in modules by concern (``data``, ``model``, ``recipe``, ``stages``,
-``runtime``; ``params`` holds the whole, ``load`` reads it); every name is importable from
+``runtime``, ``tune``; ``params`` holds the whole, ``load`` reads it); every name is importable from
 ``finch.config`` itself.
 """
 
 from finch.config.base import Strict, deep_merge
 from finch.config.data import FASHION_MNIST_CLASSES, DataConfig
 from finch.config.load import config_hash, flatten, load_params, parse_params
-from finch.config.model import MAX_AUTO_PATCH, MIN_PATCHES_PER_SIDE, ModelConfig, vit_patch_size
+from finch.config.model import MAX_AUTO_PATCH, MIN_PATCHES_PER_SIDE, ModelConfig, TokenizerConfig, vit_patch_size
 from finch.config.params import VIT_SLOTS, FinchConfig, ablation_variant
 from finch.config.recipe import (
     AugmentConfig,
@@ -46,6 +46,7 @@ from finch.config.stages import (
     TeacherConfig,
     TransferStrategy,
 )
+from finch.config.tune import SearchDimension, TuneConfig
 
 __all__ = [
     "ABLATION_VARIANTS",
@@ -80,14 +81,17 @@ __all__ = [
     "RecipeConfig",
     "RuntimeConfig",
     "SchedulerConfig",
+    "SearchDimension",
     "SoftDistillConfig",
     "Strict",
     "StudentConfig",
     "StudentVariant",
     "SyntheticConfig",
     "TeacherConfig",
+    "TokenizerConfig",
     "TrackingConfig",
     "TransferStrategy",
+    "TuneConfig",
     "VerifyConfig",
     "ablation_variant",
     "config_hash",

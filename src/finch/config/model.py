@@ -9,6 +9,21 @@ from pydantic import Field, field_validator
 from finch.config.base import Strict
 
 
+class TokenizerConfig(Strict):
+    """A convolutional tokenizer for a ViT (CCT, Hassani et al. 2021): conv–ReLU–max-pool blocks,
+    each halving the side, whose map's every position is a token, in place of the patch embedding."""
+
+    channels: list[int] = Field(default_factory=lambda: [64, 96], min_length=1, description="each block's width")
+    kernel_size: int = Field(3, ge=1, description="the convolutions' kernel (odd: the side is kept)")
+
+    @field_validator("channels")
+    @classmethod
+    def _positive(cls, channels: list[int]) -> list[int]:
+        if any(c < 1 for c in channels):
+            raise ValueError(f"channels {channels}: every width must be at least 1")
+        return channels
+
+
 class ModelConfig(Strict):
     name: str = Field("resnet18", description="a timm model name")
     kwargs: dict[str, Any] = Field(
@@ -20,6 +35,9 @@ class ModelConfig(Strict):
     drop_rate: float | None = Field(None, ge=0.0, lt=1.0, description="dropout before the classifier; null = timm's")
     drop_path_rate: float | None = Field(None, ge=0.0, lt=1.0, description="stochastic depth; null = timm's")
     attn_drop_rate: float | None = Field(None, ge=0.0, lt=1.0, description="ViT attention dropout; null = timm's")
+    tokenizer: TokenizerConfig | None = Field(
+        None, description="ViTs: a convolutional tokenizer in place of the patch embedding; null = patches"
+    )
 
     @field_validator("kwargs")
     @classmethod
@@ -38,6 +56,22 @@ class ModelConfig(Strict):
         ``patch_size`` that does not divide it, fails here, before any work."""
         kwargs = dict(self.kwargs)
         size = kwargs.setdefault("img_size", image_size)
+        if self.tokenizer is not None:  # every position of the tokenizer's map is a token: patches of 1
+            blocks = len(self.tokenizer.channels)
+            side = size
+            for _ in range(blocks):
+                side = (side + 1) // 2
+            if side < MIN_PATCHES_PER_SIDE:
+                raise ValueError(
+                    f"{key}.tokenizer: {blocks} blocks halve {size} px to {side} tokens a side (fewer than "
+                    f"{MIN_PATCHES_PER_SIDE}); use fewer channels entries"
+                )
+            kwargs.setdefault("patch_size", 1)
+            if kwargs["patch_size"] != 1:
+                raise ValueError(
+                    f"{key}.kwargs.patch_size must be 1 (or null) with a tokenizer, not {kwargs['patch_size']}"
+                )
+            return self.model_copy(update={"kwargs": kwargs})
         if size != image_size and not kwargs.get("dynamic_img_size"):
             raise ValueError(
                 f"{key}.kwargs.img_size is {size} but data.image_size is {image_size}: the ViT would reject "

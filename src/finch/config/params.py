@@ -25,6 +25,7 @@ from finch.config.stages import (
     SyntheticConfig,
     TeacherConfig,
 )
+from finch.config.tune import TuneConfig
 
 # The ViTs whose img_size / patch_size follow data.image_size unless their kwargs set them
 # (student.model's kwargs also build the class_token variant's plain ViT).
@@ -48,6 +49,7 @@ class FinchConfig(Strict):
     ablation: AblationConfig = AblationConfig()
     explain: ExplainConfig = ExplainConfig()
     verify: VerifyConfig = VerifyConfig()
+    tune: TuneConfig = TuneConfig()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> FinchConfig:

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from finch import distributed
 from finch.config import RecipeConfig
 from finch.data.splits import TaskData
-from finch.errors import NonFiniteLossError
+from finch.errors import ConfigError, NonFiniteLossError
 from finch.evaluate import autocast_for, predict_proba
 from finch.models import keep_frozen_norms_in_eval
 from finch.train.augment import BatchAugment, TensorRandAugment, black_level
@@ -68,9 +68,10 @@ class FitResult:
     budgets: list[dict] = field(default_factory=list)
 
 
-# called at the end of every budget's decay with the model evaluated there and the budget (steps);
-# what it returns is added to that budget's row (a study adds the test split's predictions)
-BudgetHook = Callable[[torch.nn.Module, int], dict]
+# called at the end of every decay branch with the model evaluated there and the budget's row so far
+# (steps, epochs, validation numbers); what it returns is added to the row (a study adds the test
+# split's predictions; a search reports the validation accuracy to its trial, which may stop there)
+BudgetHook = Callable[[torch.nn.Module, dict], dict]
 
 
 def _score(row: dict, select_on: str) -> float:
@@ -318,7 +319,7 @@ def run_budget(state: TrainState, plan: EpochPlan, budget: int, on_budget: Budge
     row = {"steps": budget, "epochs": budget / plan.steps}
     row.update(validate(model, plan.data, plan.recipe, plan.device, plan.objective))
     if on_budget is not None:
-        row.update(on_budget(model, budget))
+        row.update(on_budget(model, dict(row)))
     return row
 
 
@@ -375,6 +376,11 @@ def fit(
     world = distributed.world_size()
     batch, steps = _batching(len(data.train), recipe.batch_size, world)
     budgets, reference_steps = budget_steps(recipe, budget_reference or len(data.train), world)
+    if len(set(budgets)) < len(budgets):
+        raise ConfigError(
+            f"{desc}: budgets {recipe.budgets} (epochs) come to {budgets} optimizer steps at batch "
+            f"{recipe.batch_size}: two budgets would be one; space them further apart, or lower batch_size"
+        )
     total = budgets[-1] if budgets else recipe.epochs * steps
     epochs = math.ceil(total / steps)  # the last one cut short when the budget ends inside it
     optimizer = build_optimizer(model, recipe.optimizer)
