@@ -220,7 +220,9 @@ def test_default_profile_keeps_its_explicit_vit_sizes():
         "depth": 4,
         "num_heads": 3,
     }
-    assert (cfg.student.model.kwargs["img_size"], cfg.student.model.kwargs["patch_size"]) == (28, 7)
+    # the student's tokenizer makes a token of each position of its map: patches of 1, the size the data's
+    assert (cfg.student.model.kwargs["img_size"], cfg.student.model.kwargs["patch_size"]) == (28, 1)
+    assert cfg.student.model.tokenizer.channels == [32, 64, 96]
 
 
 def test_explicit_vit_size_the_data_does_not_have_fails_naming_both_keys():
@@ -241,8 +243,8 @@ def test_unset_vit_sizes_follow_the_data_and_the_models_take_its_images():
     for section in (raw["pretrain"]["vit_model"], raw["student"]["model"]):
         section["kwargs"].update(img_size=None, patch_size=None)  # null: follow data.image_size
     cfg = parse_params(raw)
-    for model in (cfg.pretrain.vit_model, cfg.student.model):
-        assert (model.kwargs["img_size"], model.kwargs["patch_size"]) == (32, 8)
+    assert (cfg.pretrain.vit_model.kwargs["img_size"], cfg.pretrain.vit_model.kwargs["patch_size"]) == (32, 8)
+    assert (cfg.student.model.kwargs["img_size"], cfg.student.model.kwargs["patch_size"]) == (32, 1)  # tokenizer
     x = torch.zeros(2, 3, 32, 32)
     with torch.no_grad():
         assert build_model(cfg.pretrain.vit_model, 4, 3).eval()(x).shape == (2, 4)
@@ -262,6 +264,7 @@ def test_vit_settings_that_cannot_take_the_data_fail_in_check(kwargs, match):
     raw = own_data(default_raw())
     raw["pretrain"]["vit_model"]["kwargs"].update(img_size=None, patch_size=None)
     raw["student"]["model"]["kwargs"].update(kwargs)
+    raw["student"]["model"]["tokenizer"] = None  # patches: the size rule applies
     with pytest.raises(ConfigError, match=match):
         parse_params(raw)
 

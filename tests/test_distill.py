@@ -119,8 +119,8 @@ def test_a_conv_tokenizer_student_has_a_token_per_map_position_and_both_tokens()
 @pytest.mark.parametrize(
     ("model", "message"),
     [
-        # 28 → 14 → 7 → 4 → 2 tokens a side
-        ({"kwargs": {}, "tokenizer": {"channels": [8, 8, 8, 8]}}, "halve 28 px to 2 tokens"),
+        # 28 → 14 → 7 → 4 → 2 → 1 token a side
+        ({"kwargs": {}, "tokenizer": {"channels": [8, 8, 8, 8, 8]}}, r"halve 28 px to 1 token\(s\) a side"),
         ({"kwargs": {"patch_size": 7}, "tokenizer": {"channels": [8]}}, "patch_size must be 1"),
     ],
 )

@@ -222,3 +222,15 @@ def test_the_grid_sampler_runs_every_combination_once(search_env):
     study = run_search(cfg, CPU)
     combos = {tuple(t.params.values()) for t in study.trials}
     assert combos == {(0.003, 0.0), (0.003, 0.1), (0.01, 0.0), (0.01, 0.1)}
+
+
+def test_a_fixed_null_and_a_trials_value_are_set_in_one_merge():
+    """params.yaml pins the student's patch (7, the size rule's for 28 px); a tokenizer needs
+    patches of 1: `fixed: {student.model.kwargs.patch_size: null}` unsets it for every trial."""
+    cfg = FinchConfig.model_validate({"student": {"model": {"kwargs": {"patch_size": 7}}}})
+    unset = {"student.model.kwargs.patch_size": None}
+    tokenizer = {"student.model.tokenizer": {"channels": [8, 16]}}
+    assert with_values(cfg, {**unset, **tokenizer}).student.model.kwargs["patch_size"] == 1
+    assert with_values(cfg, unset).student.model.kwargs["patch_size"] == 7
+    with pytest.raises(ConfigError, match="patch_size must be 1"):
+        with_values(cfg, tokenizer)

@@ -122,8 +122,8 @@ def check_search(cfg: FinchConfig, device) -> None:
         ends = dim.choices if dim.choices is not None else [dim.low, dim.high]
         hashes = set()
         for value in ends:
-            try:
-                trial_cfg = with_values(base, {key: value}, f"tune.space.{key} = {value!r}")
+            try:  # one merge from params.yaml (a fixed null, e.g. a patch size, unsets what it fills in)
+                trial_cfg = with_values(cfg, {**t.fixed, key: value}, f"tune.space.{key} = {value!r}")
             except ConfigError as err:
                 raise ConfigError(f"tune.space.{key}: cannot take {value!r}:\n{err}") from None
             hashes.add(config_hash(planned_variant(trial_cfg, device).variant.settings))
@@ -188,7 +188,7 @@ def suggest(trial, space: dict[str, SearchDimension]) -> dict[str, Any]:
 class Search:
     """What every trial of one search shares."""
 
-    cfg: FinchConfig  # params.yaml with tune.fixed set
+    cfg: FinchConfig  # params.yaml (each trial sets tune.fixed and its values on it, in one merge)
     device: Any
     tracker: Any  # TuneTracker or None
 
@@ -202,7 +202,7 @@ class Search:
 
         t = self.cfg.tune
         values = suggest(trial, t.space)
-        cfg = with_values(self.cfg, values, f"trial {trial.number}'s values")
+        cfg = with_values(self.cfg, {**t.fixed, **values}, f"trial {trial.number}'s values")
         pv = planned_variant(cfg, self.device)
         variant = pv.variant
         data = replace(pv.data, test=SealedSplit())
@@ -310,7 +310,7 @@ def run_search(cfg: FinchConfig, device, trials: int | None = None, storage_root
             f"; running {retried} interrupted trial(s) again first" if retried else "",
         )
         tracker = TuneTracker.open(cfg, name) if cfg.tracking.enabled else None
-        search = Search(base, device, tracker)
+        search = Search(cfg, device, tracker)
 
         def after_trial(study, trial) -> None:
             n = finished(study)
@@ -428,7 +428,7 @@ def _short(value) -> str:
 
 def _shown(params: dict, space: dict) -> dict:
     """Values as a table cell shows them: lists and mappings as compact YAML."""
-    return {k: v if _plain(v) else _yaml_scalar(v) for k, v in decoded(params, space).items()}
+    return {k: v if _plain(v) and v is not None else _yaml_scalar(v) for k, v in decoded(params, space).items()}
 
 
 def trials_table(study, space: dict[str, SearchDimension]) -> list[dict]:

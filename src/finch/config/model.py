@@ -61,10 +61,10 @@ class ModelConfig(Strict):
             side = size
             for _ in range(blocks):
                 side = (side + 1) // 2
-            if side < MIN_PATCHES_PER_SIDE:
+            if side < MIN_TOKENS_PER_SIDE:
                 raise ValueError(
-                    f"{key}.tokenizer: {blocks} blocks halve {size} px to {side} tokens a side (fewer than "
-                    f"{MIN_PATCHES_PER_SIDE}); use fewer channels entries"
+                    f"{key}.tokenizer: {blocks} blocks halve {size} px to {side} token(s) a side (fewer than "
+                    f"{MIN_TOKENS_PER_SIDE}); list fewer {key}.tokenizer.channels"
                 )
             kwargs.setdefault("patch_size", 1)
             if kwargs["patch_size"] != 1:
@@ -99,6 +99,7 @@ class ModelConfig(Strict):
 # ViT input sizes: see ModelConfig.fitted_to and the README's "Your own dataset".
 MAX_AUTO_PATCH = 16  # the patch of timm's *_patch16_* ViTs
 MIN_PATCHES_PER_SIDE = 4
+MIN_TOKENS_PER_SIDE = 2  # a tokenizer's map: small images (16 px) still get 2 x 2 tokens from the default's 3 blocks
 
 
 def vit_patch_size(image_size: int) -> int | None:

@@ -14,7 +14,7 @@ from typing import Any, Literal, get_args
 from pydantic import Field, model_validator
 
 from finch.config.base import Strict
-from finch.config.model import ModelConfig
+from finch.config.model import ModelConfig, TokenizerConfig
 from finch.config.recipe import AugmentConfig, LossConfig, OptimizerConfig, RecipeConfig, SchedulerConfig
 
 # a recipe without budgets on a cosine schedule, keeping its best validation epoch: pretraining
@@ -25,9 +25,12 @@ BEST_EPOCH_COSINE = {"budgets": [], "scheduler": SchedulerConfig(name="cosine"),
 RESNET10 = ModelConfig(name="resnet18", kwargs={"channels": [32, 64, 128, 256], "layers": [1, 1, 1, 1]})
 # img_size and patch_size of the ViTs follow data.image_size (FinchConfig._models_fit_the_data)
 VIT_BACKBONE = ModelConfig(name="vit_tiny_patch16_224", kwargs={"embed_dim": 96, "depth": 4, "num_heads": 3})
+# the default student: DeiT-style (class and distillation tokens) on a CCT-style convolutional
+# tokenizer, three conv-ReLU-max-pool blocks taking 28 px to 4 x 4 tokens (reports/tune/student-none.md)
 DEIT_STUDENT = ModelConfig(
     name="deit_tiny_distilled_patch16_224",
     kwargs={"embed_dim": 96, "depth": 4, "num_heads": 3, "drop_path_rate": 0.0, "attn_drop_rate": 0.0},
+    tokenizer=TokenizerConfig(channels=[32, 64, 96]),
 )
 
 
@@ -73,7 +76,7 @@ class StudentConfig(Strict):
     hard: HardDistillConfig = HardDistillConfig()
     class_token_signal: Literal["hard", "soft"] = "hard"
     kl_normalisation: Literal["batchmean", "per_logit"] = "batchmean"
-    recipe: RecipeConfig = RecipeConfig(epochs=30, budgets=[15, 30], scheduler=SchedulerConfig(warmup_epochs=2))
+    recipe: RecipeConfig = RecipeConfig(epochs=20, budgets=[10, 20], scheduler=SchedulerConfig(warmup_epochs=2))
 
 
 class LoraConfig(Strict):
