@@ -39,10 +39,6 @@ class SearchDimension(Strict):
     def integer(self) -> bool:
         return isinstance(self.low, int) and isinstance(self.high, int) and (self.step is None or self.step == 1)
 
-    def probe_value(self) -> Any:
-        """A value of the dimension, to check that its key takes it before any trial runs."""
-        return self.choices[0] if self.choices is not None else self.low
-
 
 class TuneConfig(Strict):
     stage: Literal["teacher", "student", "finetune", "augmented"] = Field(
