@@ -247,3 +247,53 @@ def test_each_seed_draws_its_own_split_and_the_variants_of_a_seed_share_it(toy_t
         execute(study_run(v, 1), v, toy_task, cfg, CPU, tmp_path / f"runs{per_seed}", tmp_path / "models")
         rec = find_records(tmp_path / f"runs{per_seed}")[0]
         assert rec.params["data_hash"] == ("toy+split1" if per_seed else "toy")
+
+
+def test_flip_tta_is_the_mean_of_the_image_and_its_mirror_at_every_evaluation(toy_task, tmp_path, monkeypatch):
+    """recipe.tta flip: the test probabilities a run records are the mean of the model's on the
+    images and on their horizontal mirrors; the validation rows (and so the budgets' numbers) too."""
+    import numpy as np
+
+    from finch.data.splits import Split
+    from finch.evaluate import predict_proba
+    from finch.study import execute, study_run
+
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    model = build_model(TINY_MODEL, toy_task.num_classes, toy_task.in_chans).eval()
+    plain, _ = predict_proba(model, toy_task.test, toy_task.to_inputs, 64, CPU)
+    mirrored = Split(toy_task.test.x.flip(-1), toy_task.test.y)
+    mirror, _ = predict_proba(model, mirrored, toy_task.to_inputs, 64, CPU)
+    tta, _ = predict_proba(model, toy_task.test, toy_task.to_inputs, 64, CPU, tta="flip")
+    assert not np.allclose(plain, mirror)  # the toy images are not symmetric: the mirror tells
+    np.testing.assert_allclose(tta, (plain + mirror) / 2, atol=1e-6)
+
+    cfg = FinchConfig(runtime={"progress": False})
+    runs = {}
+    for mode in ("none", "flip"):
+        v = variant(toy_task, tiny_recipe(epochs=1, tta=mode))
+        runs[mode] = execute(study_run(v, 0), v, toy_task, cfg, CPU, tmp_path / mode, tmp_path / f"models-{mode}")
+    weights = {mode: load_tensors(tmp_path / f"models-{mode}" / "default" / "seed=0.safetensors") for mode in runs}
+    assert all(torch.equal(weights["none"][k], weights["flip"][k]) for k in weights["none"])  # same training
+    trained = build_model(TINY_MODEL, toy_task.num_classes, toy_task.in_chans)
+    trained.load_state_dict(weights["flip"])
+    expected, _ = predict_proba(trained, toy_task.test, toy_task.to_inputs, 64, CPU, tta="flip")
+    np.testing.assert_allclose(runs["flip"][1], expected, atol=1e-6)
+    assert not np.allclose(runs["none"][1], runs["flip"][1])
+
+
+def test_flip_tta_refuses_inputs_that_are_not_images():
+    from finch.data.splits import Split as FeatureSplit
+    from finch.evaluate import predict_proba
+
+    features = FeatureSplit(torch.randn(8, 5), torch.zeros(8, dtype=torch.long))
+    with pytest.raises(ValueError, match="mirrors images"):
+        predict_proba(torch.nn.Linear(5, 2), features, lambda x, d: x.float(), 4, CPU, tta="flip")
+    with pytest.raises(ValueError, match="finetune.probe_recipe.tta"):
+        probe = {
+            "tta": "flip",
+            "budgets": [],
+            "scheduler": {"name": "cosine"},
+            "augment": {"flip": False, "translate": 0},
+        }
+        FinchConfig(finetune={"probe_recipe": probe})

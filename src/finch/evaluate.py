@@ -26,6 +26,7 @@ from finch import distributed
 from finch.data.splits import Split
 
 HEAD_METRICS = ("accuracy", "f1_macro", "auroc_macro", "ece")  # reported per extra head
+TTA_MODES = ("none", "flip")
 
 
 def class_key(name: str) -> str:
@@ -41,12 +42,13 @@ def predict_proba(
     device: torch.device,
     logits_of: Callable = lambda out: out,
     channels_last: bool = False,
+    tta: str = "none",
 ) -> tuple[np.ndarray, float]:
     """Class probabilities for every image of ``split`` and the throughput in img/s.
 
     ``to_inputs(raw_batch, device)`` makes model inputs (``TaskData.to_inputs``).
     """
-    probs, speed = predict_heads(model, split, to_inputs, batch_size, device, {"main": logits_of}, channels_last)
+    probs, speed = predict_heads(model, split, to_inputs, batch_size, device, {"main": logits_of}, channels_last, tta)
     return probs["main"], speed
 
 
@@ -59,12 +61,18 @@ def predict_heads(
     device: torch.device,
     heads: dict[str, Callable],
     channels_last: bool = False,
+    tta: str = "none",
 ) -> tuple[dict[str, np.ndarray], float]:
     """Probabilities of several heads (name → outputs-to-logits) from one pass over ``split``.
+
+    ``tta="flip"``: each head's probability is the mean of the image's and its horizontal
+    mirror's (test-time augmentation; Page's and airbench's flip TTA).
 
     Under torchrun each rank predicts a disjoint shard and every rank gets all rows back, in
     order (:func:`finch.distributed.gather_rows`: no row dropped or counted twice).
     """
+    if tta not in TTA_MODES:
+        raise ValueError(f"tta {tta!r}: one of {TTA_MODES}")
     was_training = model.training
     model.eval()
 
@@ -78,10 +86,14 @@ def predict_heads(
             x = to_inputs(raw, device)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
+            if tta == "flip" and x.dim() != 4:
+                raise ValueError(f"tta flip mirrors images (N, C, H, W); these inputs have shape {tuple(x.shape)}")
+            views = (x, x.flip(-1)) if tta == "flip" else (x,)
             with autocast_for(device):
-                outputs = model(x)
+                outputs = [model(view) for view in views]
             for name, logits_of in heads.items():
-                probs[name].append(torch.softmax(logits_of(outputs).float(), dim=-1).cpu())
+                p = sum(torch.softmax(logits_of(out).float(), dim=-1) for out in outputs) / len(outputs)
+                probs[name].append(p.cpu())
         return {name: torch.cat(p).numpy().astype(np.float64) if p else np.zeros((0, 0)) for name, p in probs.items()}
 
     start = time.perf_counter()

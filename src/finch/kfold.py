@@ -121,7 +121,14 @@ def fit_kfold(
         best = result.budgets[-1] if result.budgets else result.history[result.best_epoch - 1]
         val_acc.append(float(best["val_accuracy"]))
         probs, _ = predict_heads(
-            result.model, data.test, data.to_inputs, recipe.eval_batch_size, device, {"main": readout.logits}
+            result.model,
+            data.test,
+            data.to_inputs,
+            recipe.eval_batch_size,
+            device,
+            {"main": readout.logits},
+            recipe.channels_last,
+            recipe.tta,
         )
         test_acc.append(float((probs["main"].argmax(1) == data.test.y.numpy()).mean()))
         results.append(result)

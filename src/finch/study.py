@@ -110,7 +110,7 @@ def budget_hook(data: TaskData, recipe: RecipeConfig, objective: Objective | Non
 
     def at_budget(model: torch.nn.Module, row: dict) -> dict:
         probs, _ = predict_proba(
-            model, data.test, data.to_inputs, recipe.eval_batch_size, device, logits, recipe.channels_last
+            model, data.test, data.to_inputs, recipe.eval_batch_size, device, logits, recipe.channels_last, recipe.tta
         )
         correct = probs.argmax(1) == data.test.y.numpy()
         return {"test_accuracy": float(correct.mean()), "test_correct": pack_correct(correct)}
@@ -279,7 +279,7 @@ def test_once(model, objective: Objective | None, data: TaskData, recipe: Recipe
     objective = objective or Objective(recipe.loss, data.num_classes, mixing=False)
     heads = _prediction_heads(model, objective)
     probs, speed = predict_heads(
-        model, data.test, data.to_inputs, recipe.eval_batch_size, device, heads, recipe.channels_last
+        model, data.test, data.to_inputs, recipe.eval_batch_size, device, heads, recipe.channels_last, recipe.tta
     )
     y = data.test.y.numpy()
     metrics, confusion = classification_metrics(y, probs["main"], data.class_names, cfg.evaluate.ece_bins)

@@ -113,6 +113,11 @@ class RecipeConfig(Strict):
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
     channels_last: bool = False
     eval_batch_size: int = Field(500, ge=1)
+    tta: Literal["none", "flip"] = Field(
+        "none",
+        description="test-time augmentation at every evaluation (validation, budgets, test): flip = the mean "
+        "probability of the image and its horizontal mirror (twice the evaluation cost)",
+    )
 
     @model_validator(mode="after")
     def _mix_needs_even_batch(self) -> RecipeConfig:

@@ -122,6 +122,7 @@ class FinetuneConfig(Strict):
         scheduler=SchedulerConfig(name="cosine", warmup_epochs=0),
         loss=LossConfig(label_smoothing=0.0),
         augment=AugmentConfig(flip=False, translate=0),
+        tta="none",
     )
     recipe: RecipeConfig = RecipeConfig(epochs=23, budgets=[11.5, 23])
     vit_recipe: RecipeConfig = RecipeConfig(epochs=12, budgets=[])
@@ -140,6 +141,8 @@ class FinetuneConfig(Strict):
             raise ValueError(
                 "finetune.probe_recipe.augment must be all off: probes train on cached features, not images"
             )
+        if self.probe_recipe.tta != "none":
+            raise ValueError("finetune.probe_recipe.tta must be none: probes read cached features, not images")
         return self
 
 

@@ -83,7 +83,7 @@ def _score(row: dict, select_on: str) -> float:
 def validate(model, data: TaskData, recipe: RecipeConfig, device, objective) -> dict:
     split = data.val
     probs, _ = predict_proba(
-        model, split, data.to_inputs, recipe.eval_batch_size, device, objective.logits, recipe.channels_last
+        model, split, data.to_inputs, recipe.eval_batch_size, device, objective.logits, recipe.channels_last, recipe.tta
     )
     y = split.y.cpu().numpy()
     p_true = np.clip(probs[np.arange(len(y)), y], 1e-12, 1.0)
