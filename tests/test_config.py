@@ -211,8 +211,12 @@ def test_vit_patch_size_rule():
     assert picks == {8: 2, 28: 7, 30: 6, 32: 8, 48: 12, 64: 16, 96: 16, 224: 16, 31: None}
 
 
-def test_default_profile_keeps_its_explicit_vit_sizes():
-    cfg = parse_params(default_raw())
+def test_default_profile_leaves_the_vit_sizes_to_the_data():
+    """The default pins no ViT size (a new dataset needs no edit there): 28 px gives 7 px patches."""
+    raw = default_raw()
+    assert not {"img_size", "patch_size"} & set(raw["pretrain"]["vit_model"]["kwargs"])
+    assert not {"img_size", "patch_size"} & set(raw["student"]["model"]["kwargs"])
+    cfg = parse_params(raw)
     assert cfg.pretrain.vit_model.kwargs == {
         "img_size": 28,
         "patch_size": 7,
@@ -226,8 +230,10 @@ def test_default_profile_keeps_its_explicit_vit_sizes():
 
 
 def test_explicit_vit_size_the_data_does_not_have_fails_naming_both_keys():
+    raw = own_data(default_raw())
+    raw["pretrain"]["vit_model"]["kwargs"].update(img_size=28, patch_size=7)  # a profile pinning them on purpose
     with pytest.raises(ConfigError) as err:
-        parse_params(own_data(default_raw()))
+        parse_params(raw)
     msg = str(err.value)
     assert "pretrain.vit_model.kwargs.img_size is 28 but data.image_size is 32" in msg
     assert "to 32" in msg and "or to null" in msg

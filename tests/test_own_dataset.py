@@ -31,6 +31,7 @@ TINY = {
         "strategies": ["linear_probe", "scratch", "vit_linear_probe", "vit_lora", "vit_full"],
         "recipe": {"batch_size": 8},
     },
+    # smoke size: the scarce-data study on the 8 training images a class (its 20 would fail `finch check`)
     "synthetic": {"ratios": [1.0], "real_per_class": None},
     "ablation": {"run": []},
 }
@@ -93,3 +94,39 @@ def test_check_passes_and_every_stage_runs_on_32px_rgb(own_repo):
         assert sizes == (size, 1 if rec.stage == "student" else 8), rec.run_name
     assert {r.variant for r in records if r.stage == "finetune"} >= {"vit_full", "vit_lora", "vit_linear_probe"}
     assert (repo / "reports/results.md").is_file() and (repo / "reports/explanations.png").is_file()
+
+
+def readme_config(root: Path, images_per_class: int):
+    """The README's profile, exactly, over a folder of ``images_per_class`` listed (empty) files a class."""
+    from finch.cli import render_profile
+    from finch.config import deep_merge, parse_params
+
+    profile = readme_profile()
+    for name in profile["data"]["target_classes"] + profile["data"]["source_classes"]:
+        (root / name).mkdir(parents=True)
+        for i in range(images_per_class):
+            (root / name / f"{i}.png").touch()  # the check lists files; it decodes none
+    raw, _ = render_profile(profile["extends"], REPO / "profiles")
+    raw = deep_merge(raw, {k: v for k, v in profile.items() if k != "extends"})
+    raw["data"]["root"] = str(root)
+    return parse_params(raw)
+
+
+@pytest.mark.parametrize("images", [30, 200])
+def test_the_readme_block_alone_fits_a_folder_or_check_names_the_key_and_the_fix(tmp_path, images):
+    """One edit: the README's data block and nothing else. A folder too small for the scarce-data
+    study (the default's 100 training images a class) fails before any image is read, naming
+    synthetic.real_per_class, the class and the largest value that fits; a larger one passes."""
+    from finch.data.prepare import check_scarce_size
+
+    cfg = readme_config(tmp_path / "images", images)
+    assert cfg.synthetic.real_per_class == 100
+    assert cfg.pretrain.vit_model.kwargs["img_size"] == cfg.data.image_size  # the ViT follows the data
+    if images == 200:  # 200 - 40 test - 32 validation = 128 training images a class
+        check_scarce_size(cfg.data, cfg.synthetic.real_per_class)
+        return
+    with pytest.raises(ValueError) as err:  # 30 - 6 test - 5 validation = 19
+        check_scarce_size(cfg.data, cfg.synthetic.real_per_class)
+    msg = str(err.value)
+    assert "synthetic.real_per_class is 100" in msg and "19 training images" in msg
+    assert "at most 19" in msg and "or null" in msg

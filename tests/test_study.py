@@ -156,7 +156,7 @@ def test_kfold_predicts_with_the_mean_of_the_fold_models(toy_task, tmp_path, mon
     v = variant(toy_task, recipe)
     folder, probs = execute(study_run(v, 0), v, toy_task, cfg, CPU, tmp_path / "runs", tmp_path / "models")
     assert len(fold_models) == 3
-    each = [predict_proba(m, toy_task.test, toy_task.to_inputs, 64, CPU)[0] for m in fold_models]
+    each = [predict_proba(m, toy_task.test, toy_task.to_inputs, 64, CPU, tta=recipe.tta)[0] for m in fold_models]
     np.testing.assert_allclose(probs, np.mean(each, axis=0), atol=1e-6)
     kf = find_records(tmp_path / "runs")[0].kfold
     assert "selected_fold" not in kf and len(kf["val_accuracy"]) == len(kf["test_accuracy"]) == 3

@@ -26,7 +26,7 @@ TINY_VIT = ModelConfig(
     name="vit_tiny_patch16_224", kwargs={"img_size": 12, "patch_size": 4, "embed_dim": 16, "depth": 2, "num_heads": 2}
 )
 FT = FinetuneConfig(
-    probe_recipe=RecipeConfig(augment={"flip": False, "translate": 0}), lora={"rank": 2}, partial_stages=1
+    probe_recipe=RecipeConfig(augment={"flip": False, "translate": 0}, tta="none"), lora={"rank": 2}, partial_stages=1
 )
 
 
@@ -85,7 +85,7 @@ def test_registry_holds_exactly_the_configurable_strategies():
 
 def test_each_strategy_trains_with_its_recipe_and_settings():
     fc = FinetuneConfig(
-        probe_recipe=RecipeConfig(epochs=3, augment={"flip": False, "translate": 0}, optimizer={"lr": 0.5}),
+        probe_recipe=RecipeConfig(epochs=3, augment={"flip": False, "translate": 0}, optimizer={"lr": 0.5}, tta="none"),
         recipe=RecipeConfig(epochs=7),
         vit_recipe=RecipeConfig(epochs=9),
         backbone_lr_scale=0.2,
@@ -182,7 +182,7 @@ def test_probe_on_cached_features_learns(toy_task, backbones):
     task = feature_task(features, toy_task, "h")
     assert not task.is_images and torch.equal(task.to_inputs(task.train.x[:3], CPU), task.train.x[:3])
     head = probe_head("linear_probe", 16, 2, 8)
-    recipe = tiny_recipe(epochs=20, augment={"flip": False, "translate": 0})
+    recipe = tiny_recipe(epochs=20, augment={"flip": False, "translate": 0}, tta="none")
     result = fit(head, task, recipe, seed=0, device=CPU, progress=False)
     assert max(r["val_accuracy"] for r in result.history) >= 0.9
     assert sum(p.numel() for p in probe_head("mlp_probe", 16, 2, 8).parameters()) == 16 * 8 + 8 + 8 * 2 + 2
@@ -197,7 +197,7 @@ def test_finetune_config_checks():
             {
                 "finetune": {
                     "strategies": ["lp_ft", "linear_probe"],
-                    "probe_recipe": {"augment": {"flip": False, "translate": 0}},
+                    "probe_recipe": {"augment": {"flip": False, "translate": 0}, "tta": "none"},
                 }
             }
         )

@@ -497,8 +497,13 @@ def write_report(study, cfg: FinchConfig, root: Path = REPORT_ROOT) -> tuple[Pat
         f"# Search: {t.stage} / {t.variant}",
         "",
         f"Optuna study `{study.study_name}` (storage `{TUNE_ROOT}/{study.study_name}.db`): {t.sampler} sampler "
-        f"(seed {t.sampler_seed}), pruner `{t.pruner}` (keeps 1 in {t.reduction_factor} at each budget branch). "
-        f"Every trial trains seed {t.seed} on that seed's train/validation split; the numbers are "
+        f"(seed {t.sampler_seed}), pruner `{t.pruner}` "
+        + (
+            f"(keeps 1 in {t.reduction_factor} at each budget branch). "
+            if t.pruner != "none"
+            else "(every trial runs to its end). "
+        )
+        + f"Every trial trains seed {t.seed} on that seed's train/validation split; the numbers are "
         "**validation accuracy** at the end of each budget's decay. The test split was not read.",
         "",
         "The search (params.yaml's `tune` section):",

@@ -114,7 +114,7 @@ class RecipeConfig(Strict):
     channels_last: bool = False
     eval_batch_size: int = Field(500, ge=1)
     tta: Literal["none", "flip"] = Field(
-        "none",
+        "flip",
         description="test-time augmentation at every evaluation (validation, budgets, test): flip = the mean "
         "probability of the image and its horizontal mirror (twice the evaluation cost)",
     )

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from finch.config import DataConfig
-from finch.data.sources import RawData, read_source
-from finch.errors import DataError
+from finch.data.sources import RawData, read_source, training_image_counts
+from finch.errors import ConfigError, DataError
 from finch.io import atomic_dir, save_tensors, write_json
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,29 @@ def resolve_classes(cfg: DataConfig, names: list[str]) -> tuple[list[int], list[
             "pretraining on target classes would leak"
         )
     return target, source
+
+
+def check_scarce_size(cfg: DataConfig, real_per_class: int | None) -> None:
+    """Fail before any work when the scarce-data study (``synthetic.real_per_class`` training
+    images of each target class) asks for more than the data's smallest target class has after
+    the validation split; the files are listed, not read."""
+    counts = training_image_counts(cfg) if real_per_class is not None else None
+    if not counts:
+        return
+    target = cfg.target_classes or sorted(counts)
+    left = {}
+    for name in target:
+        if name not in counts:
+            raise DataError(f"data.target_classes: unknown class {name!r}; the data has {sorted(counts)}")
+        wanted = counts[name] if cfg.per_class_train is None else min(cfg.per_class_train, counts[name])
+        left[name] = wanted - max(1, round(cfg.val_fraction * wanted))
+    smallest = min(left, key=left.get)
+    if real_per_class > left[smallest]:
+        raise ConfigError(
+            f"synthetic.real_per_class is {real_per_class} but class {smallest!r} of {cfg.root} has "
+            f"{left[smallest]} training images after the test and validation splits; set "
+            f"synthetic.real_per_class to at most {left[smallest]} in your profile, or null (every training image)"
+        )
 
 
 def stratified_sample(

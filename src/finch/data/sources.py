@@ -207,6 +207,12 @@ def _class_folders(root: Path) -> dict[str, list[Path]]:
 
 
 def read_image_folder(cfg: DataConfig) -> RawData:
+    classes, train_tree, test_tree = image_folder_trees(cfg)
+    return _load_trees(cfg, classes, train_tree, test_tree, origin=str(cfg.root))
+
+
+def image_folder_trees(cfg: DataConfig) -> tuple[list[str], dict[str, list[Path]], dict[str, list[Path]]]:
+    """The classes and each one's training and test files of an image folder (listed, not read)."""
     if not cfg.root:
         raise DataError("data.source is image_folder but data.root is not set; set it to the tree's root")
     root = Path(cfg.root)
@@ -233,8 +239,7 @@ def read_image_folder(cfg: DataConfig) -> RawData:
                 raise DataError(f"{root / name}: {len(files)} image(s) is too few to split; need at least 3")
             test_tree[name] = [files[i] for i in sorted(order[:n_test])]
             train_tree[name] = [files[i] for i in sorted(order[n_test:])]
-    classes = sorted(train_tree)
-    return _load_trees(cfg, classes, train_tree, test_tree, origin=str(root))
+    return sorted(train_tree), train_tree, test_tree
 
 
 def _load_trees(cfg, classes, train_tree, test_tree, origin) -> RawData:
@@ -281,6 +286,12 @@ def _read_pairs(path: Path) -> dict[int, str]:
 
 
 def read_cub200(cfg: DataConfig) -> RawData:
+    names, train_tree, test_tree = cub200_trees(cfg)
+    return _load_trees(cfg, names, train_tree, test_tree, origin=str(cfg.root))
+
+
+def cub200_trees(cfg: DataConfig) -> tuple[list[str], dict[str, list[Path]], dict[str, list[Path]]]:
+    """CUB-200-2011's classes and each one's training and test files (its own split; listed, not read)."""
     if not cfg.root:
         raise DataError("data.source is cub200 but data.root is not set; point it at CUB_200_2011/")
     root = Path(cfg.root)
@@ -324,7 +335,7 @@ def read_cub200(cfg: DataConfig) -> RawData:
     for name in names:
         if not train_tree[name]:
             raise DataError(f"{root}: class {name!r} has no training images in train_test_split.txt")
-    return _load_trees(cfg, names, train_tree, test_tree, origin=str(root))
+    return names, train_tree, test_tree
 
 
 READERS = {
@@ -337,3 +348,13 @@ READERS = {
 def read_source(cfg: DataConfig) -> RawData:
     """Read the configured source into memory."""
     return READERS[cfg.source](cfg)
+
+
+def training_image_counts(cfg: DataConfig) -> dict[str, int] | None:
+    """Each class's training images (before the validation split) of a file-tree source, from
+    listing its files (nothing decoded); None for Fashion-MNIST (its counts are fixed)."""
+    trees = {"image_folder": image_folder_trees, "cub200": cub200_trees}.get(cfg.source)
+    if trees is None:
+        return None
+    _, train_tree, _ = trees(cfg)
+    return {name: len(files) for name, files in train_tree.items()}

@@ -11,8 +11,10 @@ log = logging.getLogger(__name__)
 
 
 def run(cfg: FinchConfig) -> None:
+    from finch.data.prepare import check_scarce_size
     from finch.data.prepare import prepare as prepare_data
 
+    check_scarce_size(cfg.data, cfg.synthetic.real_per_class)  # before any image is decoded
     card = prepare_data(cfg.data, PREPARED)
     counts = {s: sum(c.values()) for s, c in card["target"]["counts"].items()}
     log.info("target task %s: %s", card["target"]["classes"], counts)
