@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import augmentation  # noqa: E402
 import compile as compile_bench  # noqa: E402
+import dvc_status  # noqa: E402
 import engine_vs_bare  # noqa: E402
 import parallel_runs  # noqa: E402
 import probe_vs_frozen  # noqa: E402
@@ -34,6 +35,7 @@ def main() -> None:
         compile_bench.measure(),
         startup.measure(),
         smoke_time.measure(),
+        dvc_status.measure(),
     ]
     lines = [
         "# Benchmarks",

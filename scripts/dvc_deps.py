@@ -263,6 +263,18 @@ def check(root: Path = ROOT, dvc_yaml: Path | None = None) -> dict[str, StageDep
     return {name: check_stage(root, stage) for name, stage in stages.items()}
 
 
+def resolve_template(root: Path, dep: str) -> str:
+    """``${data.root}`` → its value in params.yaml (DVC's templating), for deps that name data."""
+
+    def value(match: re.Match) -> str:
+        node = yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8"))
+        for key in match.group(1).split("."):
+            node = node[key]
+        return str(node)
+
+    return re.sub(r"\$\{([\w.]+)\}", value, dep)
+
+
 def stale_deps(root: Path = ROOT, dvc_yaml: Path | None = None) -> dict[str, list[str]]:
     """Deps that neither exist nor are (under) an output of some stage."""
     stages = load_stages(dvc_yaml or root / "dvc.yaml")
@@ -271,7 +283,8 @@ def stale_deps(root: Path = ROOT, dvc_yaml: Path | None = None) -> dict[str, lis
     ]
     stale = {}
     for name, stage in stages.items():
-        gone = [d for d in stage_deps(stage) if not (root / d).exists() and not any(covers(o, d) for o in outputs)]
+        deps = [resolve_template(root, d) for d in stage_deps(stage)]
+        gone = [d for d in deps if not (root / d).exists() and not any(covers(o, d) for o in outputs)]
         if gone:
             stale[name] = gone
     return stale

@@ -240,3 +240,11 @@ def test_fashion_mnist_bad_inputs(fake_fashion_mnist, tmp_path):
     with pytest.raises(DataError, match="folder not found"):
         prepare(fm_cfg(tmp_path / "nowhere"), tmp_path / "o")
     assert not (tmp_path / "o").exists()
+
+
+def test_an_unset_data_root_fails_naming_the_key_and_the_debian_folder(tmp_path):
+    """dvc.yaml's prepare depends on ${data.root}: an unset root would render as a path 'None'."""
+    with pytest.raises(ValueError, match=r"data\.root is not set.*/usr/share/datasets/fashion-mnist"):
+        DataConfig(root=None)
+    with pytest.raises(Exception, match=r"no Fashion-MNIST idx files.*apt-get install dataset-fashion-mnist"):
+        prepare(DataConfig(root=str(tmp_path)), tmp_path / "out")

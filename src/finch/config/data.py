@@ -8,6 +8,7 @@ from pydantic import Field, model_validator
 
 from finch.config.base import Strict
 
+DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist
 FASHION_MNIST_CLASSES = (
     "T-shirt/top",
     "Trouser",
@@ -24,7 +25,12 @@ FASHION_MNIST_CLASSES = (
 
 class DataConfig(Strict):
     source: Literal["fashion_mnist", "image_folder", "cub200"] = "fashion_mnist"
-    root: str | None = Field(None, description="data folder; null = the source's default location")
+    root: str | None = Field(
+        DEBIAN_FASHION_MNIST,
+        description="the data's folder (Fashion-MNIST: its idx files; an image tree; CUB_200_2011/), inside or "
+        "outside the repository: dvc.yaml's prepare stage depends on it, so DVC sees an image added, removed or "
+        "changed",
+    )
     image_size: int = Field(28, ge=8, le=1024)
     channels: Literal[1, 3] = 1
     target_classes: list[str] | None = Field(
@@ -51,6 +57,16 @@ class DataConfig(Strict):
     on_bad_image: Literal["fail", "skip"] = "fail"
     mean: list[float] = Field(default_factory=lambda: [0.2860])
     std: list[float] = Field(default_factory=lambda: [0.3530])
+
+    @model_validator(mode="after")
+    def _root_is_a_folder(self) -> DataConfig:
+        if not self.root:
+            raise ValueError(
+                "data.root is not set: dvc.yaml's prepare stage depends on the data's folder (${data.root}), so DVC "
+                f"sees the images change; set it (Fashion-MNIST: {DEBIAN_FASHION_MNIST}, Debian's "
+                "dataset-fashion-mnist; an image tree's root; CUB_200_2011/)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _norm_matches_channels(self) -> DataConfig:

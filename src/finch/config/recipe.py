@@ -88,7 +88,7 @@ class KFoldConfig(Strict):
 
 
 class RecipeConfig(Strict):
-    epochs: int = Field(45, ge=1, description="the run's length where it has no budgets")
+    epochs: int = Field(40, ge=1, description="the run's length where it has no budgets")
     batch_size: int = Field(64, ge=2)
     optimizer: OptimizerConfig = OptimizerConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
@@ -100,7 +100,7 @@ class RecipeConfig(Strict):
     grad_clip: float | None = Field(None, gt=0.0)
     early_stopping_patience: int = Field(0, ge=0, description="0 = off")
     budgets: list[float] = Field(
-        default_factory=lambda: [22.5, 45.0],
+        default_factory=lambda: [20.0, 40.0],
         description="wsd: where the run is evaluated, each at the end of its own decay branched off the one main "
         "run, in epochs of the stage's reference training set (its own; train_augmented: the real images), i.e. "
         "the same optimizer steps for every variant of a comparison; the largest is the run's length (epochs is "

@@ -124,7 +124,7 @@ class FinetuneConfig(Strict):
         augment=AugmentConfig(flip=False, translate=0),
         tta="none",
     )
-    recipe: RecipeConfig = RecipeConfig(epochs=23, budgets=[11.5, 23])
+    recipe: RecipeConfig = RecipeConfig(epochs=20, budgets=[10, 20])
     vit_recipe: RecipeConfig = RecipeConfig(epochs=12, budgets=[])
 
     @model_validator(mode="after")
@@ -180,7 +180,7 @@ class SyntheticConfig(Strict):
         "only the first N real training images of each class; null = all of them",
     )
     budgets: list[float] | None = Field(
-        default_factory=lambda: [45.0, 90.0],
+        default_factory=lambda: [40.0, 80.0],
         description="train_augmented's budgets in epochs of the real images (the same optimizer steps for every "
         "variant, whatever its images; its recipe is the teacher's); null = the teacher's",
     )

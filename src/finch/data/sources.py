@@ -1,7 +1,6 @@
 """Readers for the supported image sources, each returning a :class:`RawData`.
 
-- Fashion-MNIST idx files (Debian's ``dataset-fashion-mnist``, any folder, or
-  torchvision's downloader when online);
+- Fashion-MNIST idx files (Debian's ``dataset-fashion-mnist`` or any folder, e.g. torchvision's download);
 - an ImageFolder tree (``root/<class>/*`` or ``root/{train,test}/<class>/*``);
 - CUB-200-2011 in its official layout, with its official train/test split.
 
@@ -19,11 +18,11 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from finch.config import FASHION_MNIST_CLASSES, DataConfig
+from finch.config.data import DEBIAN_FASHION_MNIST
 from finch.errors import DataError
 
 log = logging.getLogger(__name__)
 
-DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
@@ -133,27 +132,21 @@ def _find_idx(root: Path, stem: str) -> Path | None:
 
 
 def fashion_mnist_root(cfg: DataConfig) -> Path:
-    """data.root if set, else Debian's folder, else torchvision's download under data/raw."""
-    if cfg.root:
-        return Path(cfg.root)
-    if _find_idx(DEBIAN_FASHION_MNIST, "train-images-idx3-ubyte"):
-        return DEBIAN_FASHION_MNIST
-    target = Path("data/raw")
-    if not _find_idx(target, "train-images-idx3-ubyte"):
-        log.info("Fashion-MNIST not found locally; downloading with torchvision to %s", target)
-        try:
-            from torchvision.datasets import FashionMNIST
-
-            FashionMNIST(str(target), train=True, download=True)
-            FashionMNIST(str(target), train=False, download=True)
-        except Exception as err:
-            raise DataError(
-                f"Fashion-MNIST not found in {DEBIAN_FASHION_MNIST} or {target}, and the "
-                f"download failed ({err}). Install Debian's 'dataset-fashion-mnist' "
-                "(apt-get install dataset-fashion-mnist) or set data.root to a folder with "
-                "the idx files."
-            ) from None
-    return target
+    """data.root, where Fashion-MNIST's idx files are (or under FashionMNIST/raw/, torchvision's layout)."""
+    root = Path(cfg.root)
+    if not root.is_dir():
+        raise DataError(
+            f"data.root {root}: folder not found; set it to the folder with Fashion-MNIST's idx files "
+            f"(Debian's dataset-fashion-mnist: {DEBIAN_FASHION_MNIST})"
+        )
+    if not _find_idx(root, "train-images-idx3-ubyte"):
+        raise DataError(
+            f"data.root {root}: no Fashion-MNIST idx files (train-images-idx3-ubyte[.gz], ...). Install Debian's "
+            f"(apt-get install dataset-fashion-mnist: {DEBIAN_FASHION_MNIST}), or download them once with "
+            'torchvision (python -c "from torchvision.datasets import FashionMNIST as F; '
+            "F('data/raw', download=True); F('data/raw', train=False, download=True)\") and set data.root: data/raw"
+        )
+    return root
 
 
 def read_fashion_mnist(cfg: DataConfig) -> RawData:

@@ -69,7 +69,10 @@ def _training(name: str, records: str, params: tuple[str, ...], deps: tuple[str,
 STAGES: dict[str, Stage] = {
     s.name: s
     for s in (
-        Stage("prepare", params=("data",), outs=("data/prepared", "reports/timing/prepare.json")),
+        # ${data.root}: the images themselves (DVC's templating from params.yaml), so DVC sees them change
+        Stage(
+            "prepare", params=("data",), outs=("data/prepared", "reports/timing/prepare.json"), deps=("${data.root}",)
+        ),
         Stage(
             "floors",
             params=("evaluate", "synthetic.real_per_class"),
