@@ -45,6 +45,11 @@ def resolve_classes(cfg: DataConfig, names: list[str]) -> tuple[list[int], list[
     return target, source
 
 
+def validation_count(wanted: int, val_fraction: float) -> int:
+    """Images of a class carved for validation out of ``wanted`` (at least one)."""
+    return max(1, round(val_fraction * wanted))
+
+
 def check_scarce_size(cfg: DataConfig, real_per_class: int | None) -> None:
     """Fail before any work when the scarce-data study (``synthetic.real_per_class`` training
     images of each target class) asks for more than the data's smallest target class has after
@@ -58,7 +63,7 @@ def check_scarce_size(cfg: DataConfig, real_per_class: int | None) -> None:
         if name not in counts:
             raise DataError(f"data.target_classes: unknown class {name!r}; the data has {sorted(counts)}")
         wanted = counts[name] if cfg.per_class_train is None else min(cfg.per_class_train, counts[name])
-        left[name] = wanted - max(1, round(cfg.val_fraction * wanted))
+        left[name] = wanted - validation_count(wanted, cfg.val_fraction)
     smallest = min(left, key=left.get)
     if real_per_class > left[smallest]:
         raise ConfigError(
@@ -88,7 +93,7 @@ def stratified_sample(
                 f"asks for {wanted}; lower it or set it to null (all images)"
             )
         chosen = np.sort(rng.choice(pool, size=wanted, replace=False))
-        n_val = max(1, round(val_fraction * wanted))
+        n_val = validation_count(wanted, val_fraction)
         if wanted - n_val < 1:
             raise DataError(
                 f"class {class_names[c]!r}: {wanted} image(s) leave none for training after the validation split"
