@@ -23,8 +23,8 @@ if [ ! -f "$stamp" ]; then
   touch "$stamp"
 fi
 
-# Fashion-MNIST: Debian's package where we can install it; else the prepare stage falls back
-# to data.root or torchvision's downloader.
+# Fashion-MNIST: Debian's package where we can install it (data.root's default); without root,
+# the prepare stage's error says how to get it.
 if [ ! -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "setup: installing Debian's dataset-fashion-mnist"

@@ -301,6 +301,33 @@ def test_bad_params_fail_before_work(smoke_repo):
     assert "data.val_fraction" in out.stderr and "Traceback" not in out.stderr
 
 
+def test_a_training_stage_runs_as_slurm_jobs_with_the_process_pools_numbers(smoke_repo):
+    """runtime.executor slurm through submitit's local executor (sbatch aside, the cluster's path):
+    each teacher run is one job; the records are the process pool's, and MLflow logs them."""
+    import mlflow
+
+    repo, env = smoke_repo
+    run([sys.executable, "-m", "finch.cli", "profile", "smoke"], repo, env)  # the params the fixture ran
+    teachers = {(r.seed): r for r in find_records(repo / "reports/runs") if r.stage == "teacher"}
+    set_param(repo, "runtime.executor", "slurm")
+    set_param(repo, "runtime.slurm", {"cluster": "local", "poll_s": 0.5, "array_parallelism": 2})
+    try:
+        out = run(["dvc", "repro", "-s", "train_teacher"], repo, env)
+    finally:
+        run([sys.executable, "-m", "finch.cli", "profile", "smoke"], repo, env)
+    assert "2 run(s) as SLURM jobs" in out.stderr and "jobs: " in out.stderr
+    jobs = {(r.seed): r for r in find_records(repo / "reports/runs") if r.stage == "teacher"}
+    assert {s: r.metrics for s, r in jobs.items()} == {s: r.metrics for s, r in teachers.items()}
+    untimed = {s: [{k: v for k, v in row.items() if "time" not in k} for row in r.history] for s, r in jobs.items()}
+    assert untimed == {
+        s: [{k: v for k, v in row.items() if "time" not in k} for row in r.history] for s, r in teachers.items()
+    }
+    assert "MLflow: logged" in out.stderr  # the stage logs its runs as always (a run key already there is kept)
+    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
+    logged = mlflow.search_runs(experiment_names=["finch-smoke"], filter_string="tags.`finch.stage` = 'teacher'")
+    assert {r.tags["finch.run_key"] for r in jobs.values()} <= set(logged["tags.finch.run_key"])
+
+
 def test_a_training_stage_runs_under_torchrun(smoke_repo):
     """The DVC stage command takes its launcher from params: DDP with 2 CPU processes (gloo). It
     trains, evaluates the whole test split once (no row dropped or counted twice), and rank 0

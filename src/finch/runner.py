@@ -5,8 +5,9 @@ train more images per second than one process with two threads. A stage therefor
 its work as a *plan* (a module-level function ``plan(cfg, device) -> list[PlannedVariant]``);
 :func:`plan_runs` turns it into :class:`~finch.study.Run` s (every seed of every variant), and
 :func:`train_planned` carries each out once with
-:func:`finch.study.execute`, in this process or in ``runtime.workers`` processes with
-``runtime.threads`` torch threads each: one scheduling loop either way.
+:func:`finch.study.execute`, in this process, in ``runtime.workers`` processes with
+``runtime.threads`` torch threads each, or as SLURM jobs (``runtime.executor: slurm``,
+:mod:`finch.cluster`): one scheduling loop in every case.
 
 A run's numbers depend only on its own settings, seed and thread count: each run seeds every
 generator itself, and nothing is shared between runs but read-only inputs. So the same
@@ -100,17 +101,33 @@ def train_planned(
         if unknown:
             raise ValueError(f"{pv.variant.stage}/{pv.variant.name} needs {unknown}, which this stage does not train")
     runs = plan_runs(planned, cfg)
-    workers = worker_count(cfg, len(runs))
-    log.info("%d run(s) in %d process(es) x %d torch thread(s)", len(runs), workers, cfg.runtime.threads)
-    if workers == 1:
-        pool, task = _InThisProcess(), partial(_execute, by_name, cfg, device)
-    else:
+    if cfg.runtime.executor == "slurm":
+        from finch.cluster import ClusterTask, SubmititPool, describe
+
         if plan is None:
-            raise ValueError("runtime.workers > 1 needs the plan's function (train_plan) to rebuild it in each worker")
-        context = multiprocessing.get_context("spawn")
-        initargs = (plan_reference(plan), cfg.model_dump())
-        pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=initargs)
-        task = _execute_in_worker
+            raise ValueError("runtime.executor slurm needs the plan's function (train_plan) to rebuild it in each job")
+        log.info("%d run(s) as SLURM jobs: %s", len(runs), describe(cfg))
+        names = {r.id: run_name(by_name[r.variant].variant.stage, r.variant, r.seed) for r in runs}
+        pool = SubmititPool(cfg, ClusterTask(plan_reference(plan), cfg.model_dump()), names)
+        submit = pool.submit_many
+    else:
+        workers = worker_count(cfg, len(runs))
+        log.info("%d run(s) in %d process(es) x %d torch thread(s)", len(runs), workers, cfg.runtime.threads)
+        if workers == 1:
+            pool, task = _InThisProcess(), partial(_execute, by_name, cfg, device)
+        else:
+            if plan is None:
+                raise ValueError(
+                    "runtime.workers > 1 needs the plan's function (train_plan) to rebuild it in each worker"
+                )
+            context = multiprocessing.get_context("spawn")
+            initargs = (plan_reference(plan), cfg.model_dump())
+            pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=initargs)
+            task = _execute_in_worker
+
+        def submit(ready_runs: list[Run]) -> list[Future]:
+            return [pool.submit(task, run) for run in ready_runs]
+
     started = time.perf_counter()
     results: dict[tuple, tuple[Path | None, object]] = {}
 
@@ -120,9 +137,10 @@ def train_planned(
     try:
         waiting, futures = list(runs), {}
         while waiting or futures:
-            for run in [r for r in waiting if ready(r)]:
+            ready_runs = [r for r in waiting if ready(r)]
+            for run in ready_runs:
                 waiting.remove(run)
-                futures[pool.submit(task, run)] = run
+            futures.update(zip(submit(ready_runs), ready_runs, strict=True) if ready_runs else ())
             if not futures:
                 raise ValueError(
                     f"runs {[r.id for r in waiting]} wait for runs that never come: check the plan's needs"

@@ -24,7 +24,14 @@ from finch.config.recipe import (
     RecipeConfig,
     SchedulerConfig,
 )
-from finch.config.runtime import AggregateConfig, EvaluateConfig, RuntimeConfig, TrackingConfig, VerifyConfig
+from finch.config.runtime import (
+    AggregateConfig,
+    EvaluateConfig,
+    RuntimeConfig,
+    SlurmConfig,
+    TrackingConfig,
+    VerifyConfig,
+)
 from finch.config.stages import (
     ABLATION_VARIANTS,
     DEIT_STUDENT,
@@ -80,6 +87,7 @@ __all__ = [
     "RandAugmentConfig",
     "RecipeConfig",
     "RuntimeConfig",
+    "SlurmConfig",
     "SchedulerConfig",
     "SearchDimension",
     "SoftDistillConfig",

@@ -4,9 +4,41 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from finch.config.base import Strict
+
+
+class SlurmConfig(Strict):
+    """Where and how ``runtime.executor: slurm`` submits a stage's runs (one job per run, through submitit)."""
+
+    cluster: Literal["slurm", "local"] = Field(
+        "slurm", description="slurm: sbatch job arrays; local: submitit's local executor (same path, no sbatch)"
+    )
+    partition: str | None = Field(None, description="SLURM partition (null: the cluster's default)")
+    gpus_per_node: int = Field(0, ge=0, description="GPUs a job gets; above 1 the run trains DDP over them")
+    tasks_per_node: int | None = Field(
+        None, ge=1, description="processes a job runs DDP over (null: one per GPU, at least 1; gloo on CPUs)"
+    )
+    cpus_per_task: int | None = Field(None, ge=1, description="CPUs per task (null: runtime.threads)")
+    mem_gb: float = Field(16.0, gt=0, description="memory a job gets (GB)")
+    timeout_min: int = Field(240, ge=1, description="a job's time limit; past it the run is requeued and resumes")
+    array_parallelism: int = Field(32, ge=1, description="jobs of a stage's array that run at once")
+    max_resubmits: int = Field(
+        2, ge=0, description="times a job that died without a result (killed, node lost) is resubmitted"
+    )
+    poll_s: float = Field(15.0, gt=0, description="seconds between looks at the jobs' states")
+    folder: str = Field(
+        ".finch/submitit",
+        description="submitit's job files and logs (on the shared filesystem; created private to you: it holds "
+        "pickles)",
+    )
+    setup: list[str] = Field(
+        default_factory=list, description="shell lines run before each job (module load, source .venv/bin/activate)"
+    )
+    additional: dict[str, str | int] = Field(
+        default_factory=dict, description="more sbatch options, e.g. {account: myproj, qos: normal}"
+    )
 
 
 class RuntimeConfig(Strict):
@@ -21,6 +53,20 @@ class RuntimeConfig(Strict):
         "python",
         description="how the training stages start: python, or torchrun --standalone --nproc_per_node=N (DDP)",
     )
+    executor: Literal["local", "slurm"] = Field(
+        "local",
+        description="local: runtime.workers processes here; slurm: one SLURM job per run (runtime.slurm)",
+    )
+    slurm: SlurmConfig = SlurmConfig()
+
+    @model_validator(mode="after")
+    def _one_way_to_distribute(self) -> RuntimeConfig:
+        if self.executor == "slurm" and self.launcher.split()[0] != "python":
+            raise ValueError(
+                f"runtime.executor is slurm but runtime.launcher is {self.launcher!r}: under slurm each job "
+                "trains DDP over its own GPUs (runtime.slurm.gpus_per_node); set runtime.launcher: python"
+            )
+        return self
 
 
 class EvaluateConfig(Strict):

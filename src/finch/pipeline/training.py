@@ -17,10 +17,13 @@ from finch.train.runtime import configure
 
 
 def run_training_stage(plan: Plan, cfg: FinchConfig, stage: str) -> list[Path]:
-    """DVC stage ``stage``'s whole work: its plan's runs (over ``runtime.workers`` processes, see
-    :mod:`finch.runner`), one MLflow upload of their records (both timed for the stage's timing
+    """DVC stage ``stage``'s whole work: its plan's runs (over ``runtime.workers`` processes or as SLURM
+    jobs, see :mod:`finch.runner`), one MLflow upload of their records (both timed for the stage's timing
     file), and the stage's metrics file (``dvc exp show``): means per variant of its records."""
-    device = configure(cfg.runtime)
+    runtime = cfg.runtime
+    if runtime.executor == "slurm":  # the jobs take the GPUs; this process plans, waits and gathers
+        runtime = runtime.model_copy(update={"device": "cpu"})
+    device = configure(runtime)
     folders = train_plan(plan, cfg, device)
     started = time.perf_counter()
     log_runs_safely(folders, cfg.tracking, cfg.profile)
