@@ -123,16 +123,24 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 @contextlib.contextmanager
 def mlflow_server(
-    uri: str, artifacts_destination: str, *, host: str = "127.0.0.1", timeout: float = 120.0
+    uri: str,
+    artifacts_destination: str,
+    *,
+    host: str = "127.0.0.1",
+    timeout: float = 120.0,
+    app_name: str | None = None,
+    env: dict | None = None,
 ) -> Iterator[str]:
     """``mlflow server`` for the backend store ``uri`` on a free port of ``host``, serving
-    artifacts from ``artifacts_destination``; yields its base URL once ``/health`` answers and
-    stops its whole process group (uvicorn and workers) afterwards."""
+    artifacts from ``artifacts_destination`` (``--app-name app_name``, with ``env`` added to its
+    environment); yields its base URL once ``/health`` answers and stops its whole process group
+    (uvicorn and workers) afterwards."""
     port = free_port(host)
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--serve-artifacts"]
     cmd += ["--artifacts-destination", artifacts_destination, "--host", host, "--port", str(port), "--workers", "1"]
+    cmd += ["--app-name", app_name] if app_name else []
     base = f"http://{host}:{port}"
-    env = {**smoke_env(), "PYTHONUNBUFFERED": "1"}
+    env = {**smoke_env(), "PYTHONUNBUFFERED": "1", **(env or {})}
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 

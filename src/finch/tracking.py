@@ -47,6 +47,30 @@ def shown_uri(cfg: TrackingConfig, root: Path | None = None) -> str:
     return re.sub(r"//[^/@]*@", "//***@", tracking_uri(cfg, root))
 
 
+def tracking_failure(err: Exception, cfg: TrackingConfig) -> str:
+    """Why logging to MLflow failed, for a warning: the error without any credential in it, and
+    what to do when the server refused them (a basic-auth server answers 401, or 403 to a user
+    without permission). Credentials come from MLFLOW_TRACKING_USERNAME / _PASSWORD or
+    ~/.mlflow/credentials (MLflow reads them; Finch never stores them)."""
+    from mlflow.utils.credentials import read_mlflow_creds
+
+    creds = read_mlflow_creds()
+    text = re.sub(r"//[^/@\s]*@", "//***@", f"{type(err).__name__}: {err}")
+    for secret in (creds.password, os.environ.get("MLFLOW_TRACKING_TOKEN")):
+        if secret:
+            text = text.replace(secret, "***")
+    text = text[:600]
+    if re.search(r"\b401\b|Unauthorized|not authenticated", text):
+        given = f"those of {creds.username} were refused" if creds.username else "none were given"
+        text += (
+            f". The tracking server at {shown_uri(cfg)} asks for credentials and {given}: set "
+            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or ~/.mlflow/credentials) to your account's"
+        )
+    elif re.search(r"\b403\b|PERMISSION_DENIED|Permission denied", text):
+        text += f". {creds.username or 'This user'} may not write here: ask the server's admin for EDIT on it"
+    return text
+
+
 def experiment_name(cfg: TrackingConfig, profile: str) -> str:
     return f"{cfg.experiment_prefix}-{profile}"
 
@@ -391,8 +415,7 @@ def log_runs_safely(folders: list[Path], cfg: TrackingConfig, profile: str) -> N
         log.info("MLflow: logged %d run(s) to %s", counts["logged"], shown_uri(cfg))
     except Exception as err:  # tracking must never cost a finished training run
         log.warning(
-            "MLflow logging failed (%s: %s); the results are safe in reports/runs and the "
+            "MLflow logging failed (%s); the results are safe in reports/runs and the "
             "aggregate stage (or `finch sync`) will log them when the store is reachable",
-            type(err).__name__,
-            err,
+            tracking_failure(err, cfg),
         )

@@ -51,7 +51,7 @@ def write_headline(reports: Path) -> None:
 def sync_mlflow(cfg: FinchConfig, records=None, summary=None) -> None:
     """Log to MLflow every run (and summary) that is not there yet; warn if unreachable."""
     from finch.runs import find_records
-    from finch.tracking import shown_uri, sync
+    from finch.tracking import shown_uri, sync, tracking_failure
 
     records = records if records is not None else find_records(RUNS)
     if summary is None:  # `finch sync`: the same summary runs the aggregate logs
@@ -82,9 +82,8 @@ def sync_mlflow(cfg: FinchConfig, records=None, summary=None) -> None:
         counts = sync(records, cfg.tracking, cfg.profile, summaries)
     except Exception as err:
         log.warning(
-            "MLflow sync failed (%s: %s); run `finch sync` once %s is reachable",
-            type(err).__name__,
-            err,
+            "MLflow sync failed (%s); run `finch sync` once %s is reachable",
+            tracking_failure(err, cfg.tracking),
             shown_uri(cfg.tracking),
         )
         return
