@@ -23,6 +23,12 @@ FASHION_MNIST_CLASSES = (
 )
 
 
+def validation_count(wanted: int, val_fraction: float) -> int:
+    """Images of a class carved for validation out of ``wanted`` (at least one): the prepare
+    stage's split, and the checks that must agree with it."""
+    return max(1, round(val_fraction * wanted))
+
+
 class DataConfig(Strict):
     source: Literal["fashion_mnist", "image_folder", "cub200"] = "fashion_mnist"
     root: str | None = Field(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field, ValidationError, model_validator
 
 from finch.config.base import Strict, deep_merge
-from finch.config.data import DataConfig
+from finch.config.data import DataConfig, validation_count
 from finch.config.model import ModelConfig
 from finch.config.recipe import RecipeConfig
 from finch.config.runtime import (
@@ -64,7 +64,7 @@ class FinchConfig(Strict):
             ablation_variant(self, name)  # raises with the variant's name and key
         scarce, per_class = self.synthetic.real_per_class, self.data.per_class_train
         if scarce is not None and per_class is not None:
-            train_per_class = per_class - max(1, round(self.data.val_fraction * per_class))
+            train_per_class = per_class - validation_count(per_class, self.data.val_fraction)
             if scarce > train_per_class:
                 raise ValueError(
                     f"synthetic.real_per_class is {scarce} but data.per_class_train {per_class} leaves "

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from finch.config import DataConfig
+from finch.config.data import validation_count
 from finch.data.sources import RawData, read_source, training_image_counts
 from finch.errors import ConfigError, DataError
 from finch.io import atomic_dir, save_tensors, write_json
@@ -43,11 +44,6 @@ def resolve_classes(cfg: DataConfig, names: list[str]) -> tuple[list[int], list[
             "pretraining on target classes would leak"
         )
     return target, source
-
-
-def validation_count(wanted: int, val_fraction: float) -> int:
-    """Images of a class carved for validation out of ``wanted`` (at least one)."""
-    return max(1, round(val_fraction * wanted))
 
 
 def check_scarce_size(cfg: DataConfig, real_per_class: int | None) -> None:
