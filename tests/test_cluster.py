@@ -152,8 +152,14 @@ def test_slurm_takes_its_gpus_per_job_not_torchrun():
         FinchConfig(runtime={"executor": "slurm", "launcher": "torchrun --standalone --nproc_per_node=2"})
 
 
-def test_no_slurm_here_is_said_plainly(tmp_path):
-    from finch.cluster import make_executor
+def test_no_slurm_here_is_said_plainly(tmp_path, monkeypatch):
+    from finch.cluster import check_executor, make_executor
+    from finch.errors import ConfigError
+
+    monkeypatch.setattr("shutil.which", lambda name: None)  # no sbatch, as on this machine
+    with pytest.raises(ConfigError, match="no sbatch"):  # finch check and every training stage, before any work
+        check_executor(FinchConfig(runtime={"executor": "slurm"}))
+    check_executor(FinchConfig(runtime={"executor": "slurm", "slurm": {"cluster": "local"}}))  # needs none
 
     with pytest.raises(RuntimeError, match="cluster: local"):
         make_executor(FinchConfig(runtime={"executor": "slurm", "slurm": {"folder": str(tmp_path / "sub")}}))

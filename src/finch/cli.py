@@ -61,10 +61,12 @@ def main(argv: list[str] | None = None) -> int:
             write_profile(args.name)
             print(f"params.yaml now holds profile {args.name!r}; run `dvc repro`")
         elif args.command == "check":
+            from finch.cluster import check_executor
             from finch.data.prepare import check_scarce_size
 
             cfg = load_params()
             check_scarce_size(cfg.data, cfg.synthetic.real_per_class)  # the data's sizes against the study's
+            check_executor(cfg)  # runtime.executor slurm where SLURM is
             print("params.yaml: OK")
         elif args.command == "sync":
             import logging

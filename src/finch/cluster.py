@@ -26,12 +26,14 @@ mode 0700). ``cluster: local`` uses submitit's local executor, the same path wit
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 from collections import Counter
 from concurrent.futures import Executor, Future
 from pathlib import Path
 
 from finch.config import FinchConfig
+from finch.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,18 @@ def private_folder(path: str | Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     folder.chmod(0o700)
     return folder
+
+
+def check_executor(cfg: FinchConfig) -> None:
+    """Under ``runtime.executor: slurm``, fail before any work where no SLURM is (no ``sbatch``)."""
+    if cfg.runtime.executor != "slurm" or cfg.runtime.slurm.cluster != "slurm":
+        return
+    if shutil.which("sbatch") is None:
+        raise ConfigError(
+            "params.yaml: runtime.executor is slurm but this machine has no sbatch (no SLURM login node): run "
+            "`dvc repro` on the cluster's login node, or set runtime.executor: local (runtime.slurm.cluster: "
+            "local runs the jobs here, through submitit's local executor)"
+        )
 
 
 def make_executor(cfg: FinchConfig):

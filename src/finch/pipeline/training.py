@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from finch.cluster import check_executor
 from finch.config import FinchConfig
 from finch.distributed import is_main
 from finch.pipeline.entry import STAGE_TIMING
@@ -20,6 +21,7 @@ def run_training_stage(plan: Plan, cfg: FinchConfig, stage: str) -> list[Path]:
     """DVC stage ``stage``'s whole work: its plan's runs (over ``runtime.workers`` processes or as SLURM
     jobs, see :mod:`finch.runner`), one MLflow upload of their records (both timed for the stage's timing
     file), and the stage's metrics file (``dvc exp show``): means per variant of its records."""
+    check_executor(cfg)  # before any work: slurm where there is none
     runtime = cfg.runtime
     if runtime.executor == "slurm":  # the jobs take the GPUs; this process plans, waits and gathers
         runtime = runtime.model_copy(update={"device": "cpu"})
