@@ -15,6 +15,7 @@ import pytest
 from finch.config import FinchConfig
 from finch.models import build_model
 from finch.runner import train_plan
+from finch.runs import find_records
 
 from .conftest import REPO, TINY_MODEL
 from .test_runner import CPU, metrics_of, toy_plan
@@ -97,6 +98,8 @@ def test_jobs_give_the_process_pools_numbers_even_with_a_job_killed(
     assert "toy/first/seed=1: job" in caplog.text and "resubmitting it" in caplog.text  # ... and sent again
     assert "jobs: " in caplog.text and "running" in caplog.text  # progress while the stage waits
     assert results["jobs"] == results["pool"]  # bit for bit: metrics, every epoch's losses, every budget
+    keys = [{(r.variant, r.seed): r.run_key for r in find_records(root / "runs")} for root in (pool_dir, jobs_dir)]
+    assert keys[0] == keys[1]  # the same runs: how they were spread is not part of their key
     folder = jobs_dir / "submitit"
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700  # submitit's pickles: readable by their owner alone
 
@@ -118,6 +121,7 @@ import sys
 sys.path.insert(0, sys.argv[1])
 from finch.config import FinchConfig
 from finch.runner import train_plan
+from finch.runs import find_records
 from finch.train.runtime import configure
 from tests.test_cluster import one_run_plan
 cfg = FinchConfig(runtime={"progress": False, "threads": 1}, tracking={"enabled": False})
@@ -129,8 +133,6 @@ train_plan(one_run_plan, cfg, configure(cfg.runtime))
 def test_a_job_of_two_tasks_trains_ddp_as_torchrun_does(tmp_path, monkeypatch, jobs_import_the_tests):
     import subprocess
     import sys
-
-    from finch.runs import find_records
 
     torchrun_dir, jobs_dir = tmp_path / "torchrun", tmp_path / "jobs"
     for work in (torchrun_dir, jobs_dir):
@@ -144,6 +146,7 @@ def test_a_job_of_two_tasks_trains_ddp_as_torchrun_does(tmp_path, monkeypatch, j
     train_plan(one_run_plan, slurm_config(jobs_dir / "submitit", tasks_per_node=2), CPU)
     records = find_records(jobs_dir / "runs")
     assert [r.tags["finch.world_size"] for r in records] == ["2"]  # one record, written by rank 0
+    assert records[0].params["runtime.tasks_per_job"] == 2  # in its key: a world size of 2 trains other numbers
     assert metrics_of(jobs_dir / "runs") == metrics_of(torchrun_dir / "runs")
 
 

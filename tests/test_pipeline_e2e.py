@@ -318,6 +318,7 @@ def test_a_training_stage_runs_as_slurm_jobs_with_the_process_pools_numbers(smok
     assert "2 run(s) as SLURM jobs" in out.stderr and "jobs: " in out.stderr
     jobs = {(r.seed): r for r in find_records(repo / "reports/runs") if r.stage == "teacher"}
     assert {s: r.metrics for s, r in jobs.items()} == {s: r.metrics for s, r in teachers.items()}
+    assert {s: r.run_key for s, r in jobs.items()} == {s: r.run_key for s, r in teachers.items()}  # the same runs
     untimed = {s: [{k: v for k, v in row.items() if "time" not in k} for row in r.history] for s, r in jobs.items()}
     assert untimed == {
         s: [{k: v for k, v in row.items() if "time" not in k} for row in r.history] for s, r in teachers.items()

@@ -69,10 +69,14 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def run_settings(variant: Variant, data: TaskData, cfg: FinchConfig, seed: int) -> dict:
-    """Everything that defines the run of ``variant`` with ``seed`` (hashed into its key). The
-    worker count is not part of it: a run's numbers depend on its own settings, seed and thread
-    count only."""
-    runtime = cfg.runtime.model_dump(exclude={"workers", "progress"})
+    """Everything that defines the run of ``variant`` with ``seed`` (hashed into its key). How
+    the runs are spread is not part of it (the worker count, process pool or SLURM jobs): a run's
+    numbers depend on its own settings, seed, thread count and DDP world size only; a SLURM job
+    of several tasks adds its task count (its world size)."""
+    runtime = cfg.runtime.model_dump(exclude={"workers", "progress", "executor", "slurm"})
+    if cfg.runtime.executor == "slurm":
+        tasks = cfg.runtime.slurm.tasks_per_node or max(1, cfg.runtime.slurm.gpus_per_node)
+        runtime |= {"tasks_per_job": tasks} if tasks > 1 else {}
     extra = variant.seed_settings(seed) if variant.seed_settings else {}
     data_hash = split_hash(data.content_hash, seed) if own_split(variant, cfg) else data.content_hash
     return {**variant.settings, **extra, "data_hash": data_hash, "runtime": runtime}
