@@ -113,6 +113,8 @@ LONG_FIRST = (
     "test_pipeline_e2e",
     "test_dvc_queue",
     "test_tracking_server",
+    "test_cluster",
+    "test_tracking_auth",
     "test_mlflow_ui",
     "test_gpu_profile",
     "test_faults",
