@@ -209,3 +209,22 @@ def test_the_readmes_slurm_example_is_valid_params():
     runtime = yaml.safe_load(block)["runtime"]
     cfg = FinchConfig(runtime=runtime)
     assert cfg.runtime.executor == "slurm" and cfg.runtime.slurm.gpus_per_node == 4
+
+
+def test_a_failure_to_watch_the_jobs_fails_the_stage_instead_of_hanging(tmp_path, monkeypatch):
+    from concurrent.futures import Future
+
+    from finch.cluster import ClusterTask, SubmititPool
+
+    cfg = slurm_config(tmp_path / "submitit")
+    pool = SubmititPool(cfg, ClusterTask("tests.test_cluster:one_run_plan", cfg.model_dump()), {})
+
+    def sacct_down():
+        raise OSError("sacct: error: slurm_persist_conn_open_without_init: failed to open persistent connection")
+
+    monkeypatch.setattr(pool, "_check_jobs", sacct_down)
+    future = Future()
+    pool.queued.append(("run", future, 0))
+    with pytest.raises(RuntimeError, match="watching the SLURM jobs failed: sacct"):
+        future.result(timeout=30)
+    pool.shutdown(cancel_futures=True)

@@ -184,7 +184,13 @@ class SubmititPool(Executor):
     def _poll(self) -> None:
         while not self.stop.wait(self.slurm.poll_s):
             with self.lock:
-                self._check_jobs()
+                try:
+                    self._check_jobs()
+                except Exception as err:  # sacct or sbatch failing: fail the stage rather than wait forever
+                    for future in [e["future"] for e in self.active] + [q[1] for q in self.queued]:
+                        if not future.done():
+                            future.set_exception(RuntimeError(f"watching the SLURM jobs failed: {err}"))
+                    return  # the stage raises; shutdown cancels the jobs still listed
 
     def _check_jobs(self) -> None:
         import submitit
