@@ -65,6 +65,7 @@ def toy_plan(cfg: FinchConfig, device) -> list:
         recipe=recipe,
         settings={"recipe": recipe.model_dump()},
         objective=objective,
+        budget_reference=BEHAVIOUR.get("budget_reference"),
     )
     return [PlannedVariant(variant, make_task(), cfg.seeds, Path("unused"))]
 
@@ -211,6 +212,22 @@ def test_choices_can_be_lists_and_mappings(search_env):
     assert best_values(study, cfg)["teacher.recipe.augment"] in augment
     report = Path("reports/tune/teacher-default.md").read_text()
     assert "-S 'teacher.recipe.augment={flip: " in report
+
+
+def test_budget_columns_count_epochs_of_the_stages_reference_set(search_env):
+    """train_augmented's budgets count epochs of the real images, whatever a mix trains on: the
+    table names a budget as the recipe states it (here 32 reference images against the task's 64,
+    so a budget of 4 epochs is 2 passes over the trained images)."""
+    BEHAVIOUR["budget_reference"] = 32
+    cfg = toy_cfg(search_env, trials=1, pruner="none")
+    run_search(cfg, CPU)
+    table = pd.read_csv("reports/tune/teacher-default.csv")
+    assert [c for c in table.columns if c.startswith("val_accuracy@")] == [
+        "val_accuracy@1ep",
+        "val_accuracy@2ep",
+        "val_accuracy@4ep",
+    ]
+    assert table["val_accuracy@4ep"].notna().all()
 
 
 def test_the_grid_sampler_runs_every_combination_once(search_env):

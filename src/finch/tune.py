@@ -197,7 +197,7 @@ class Search:
         import optuna
 
         from finch.study import own_split
-        from finch.train.engine import fit
+        from finch.train.engine import budget_steps, fit
         from finch.train.runtime import seed_everything
 
         t = self.cfg.tune
@@ -210,15 +210,25 @@ class Search:
             data = data.resplit(t.seed)
         run_id = self.tracker.start_trial(trial.number, values) if self.tracker else None
         budgets: list[dict] = []
+        # a budget's epochs as the recipe states them: of the stage's reference set (train_augmented:
+        # the real images), not of the trial's own training set
+        _, per_epoch = budget_steps(variant.recipe, variant.budget_reference or len(data.train))
+
+        def budget_row(row: dict) -> dict:
+            return {"steps": row["steps"], "epochs": row["steps"] / per_epoch} | {
+                k: row[k] for k in ("val_accuracy", "val_loss")
+            }
 
         def at_budget(model, row: dict) -> dict:
-            budgets.append({k: row[k] for k in ("steps", "epochs", "val_accuracy", "val_loss")})
+            budgets.append(budget_row(row))
             trial.set_user_attr("budgets", budgets)
             trial.report(row["val_accuracy"], step=int(row["steps"]))
             if self.tracker:
                 self.tracker.log_budget(run_id, row)
             if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at {row['epochs']:g} epochs (val_accuracy {row['val_accuracy']:.4f})")
+                raise optuna.TrialPruned(
+                    f"pruned at {budgets[-1]['epochs']:g} epochs (val_accuracy {row['val_accuracy']:.4f})"
+                )
             return {}
 
         started = time.perf_counter()
@@ -251,7 +261,7 @@ class Search:
             raise
         if result.budgets:
             last = result.budgets[-1]
-            budgets.append({k: last[k] for k in ("steps", "epochs", "val_accuracy", "val_loss")})
+            budgets.append(budget_row(last))
             if self.tracker:
                 self.tracker.log_budget(run_id, last)
             value = last["val_accuracy"]
