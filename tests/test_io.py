@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from safetensors import safe_open
 
-from finch.io import save_tensors, sort_safetensors_metadata
+from finch.io import load_tensors, save_tensors, sort_safetensors_metadata
 
 # Enough keys that safetensors' per-process hash order (safetensors#584) differs between runs.
 METADATA = {"stage": "teacher", "run_key": "a1b2", "é": 'naïve "quoted"', "z": 3, "m": "x", "b": "y"}
@@ -70,3 +70,15 @@ def test_sorted_metadata_files_still_load(tmp_path):
     save_tensors(path, {"x": torch.full((3,), 2.0)}, {"k2": 1, "k1": 2})
     assert load_tensors(path)["x"].tolist() == [2.0, 2.0, 2.0]
     assert list(json.loads(header(path))["__metadata__"]) == ["k1", "k2"]
+
+
+def test_a_missing_weights_file_names_the_stage_that_writes_it(tmp_path, monkeypatch):
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    with pytest.raises(FileNotFoundError, match=r"run `dvc repro generate`, the stage that writes it"):
+        load_tensors("data/synthetic/synthetic.safetensors")
+    with pytest.raises(FileNotFoundError, match=r"run `dvc repro pretrain`"):
+        load_tensors(tmp_path / "models/pretrain/backbone.safetensors")
+    with pytest.raises(FileNotFoundError, match=r"; run the stage that writes it"):
+        load_tensors("elsewhere/weights.safetensors")

@@ -154,12 +154,24 @@ def load_tensors(path: Path | str) -> dict:
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: weights file not found; run the stage that writes it")
+        raise FileNotFoundError(f"{path}: weights file not found; {_rerun(path, 'run')}")
     try:
         return load_file(str(path))
     except Exception as err:  # safetensors raises several error types
         from finch.errors import ModelError
 
         raise ModelError(
-            f"{path}: not a readable safetensors file ({err}); delete it and re-run the stage that writes it"
+            f"{path}: not a readable safetensors file ({err}); delete it and {_rerun(path, 're-run')}"
         ) from None
+
+
+def _rerun(path: Path, verb: str) -> str:
+    """What writes ``path``: `dvc repro <stage>` where a stage of the table does, else the stage."""
+    from finch.pipeline.table import stage_writing
+
+    try:
+        relative = path.resolve().relative_to(repo_root()).as_posix()
+    except ValueError:
+        relative = path.as_posix()
+    stage = stage_writing(relative)
+    return f"{verb} `dvc repro {stage}`, the stage that writes it" if stage else f"{verb} the stage that writes it"

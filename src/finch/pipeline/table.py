@@ -157,3 +157,12 @@ STAGES: dict[str, Stage] = {
         ),
     )
 }
+
+
+def stage_writing(path: str) -> str | None:
+    """The stage whose outputs hold ``path`` (relative to the repository root), or None."""
+    path = path.strip("/")
+    for stage in STAGES.values():
+        if any(path == out or path.startswith(f"{out}/") for out in (*stage.outs, *stage.metrics)):
+            return stage.name
+    return None
