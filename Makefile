@@ -1,7 +1,7 @@
 # Entry points; each one runs its own set-up first (scripts/setup.sh, scripts/setup-test.sh).
 .PHONY: test test-full study lint
 
-test:       ## the fast tests (under a minute): everything but the end-to-end runs marked slow
+test:       ## the fast tests (~2 min on 2 cores): everything but the end-to-end runs marked slow
 	bash scripts/test.sh -m "not slow"
 
 test-full:  ## every test, as CI runs them (the README's bash scripts/test.sh)
