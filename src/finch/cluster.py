@@ -101,7 +101,7 @@ def make_executor(cfg: FinchConfig):
     params = {
         "timeout_min": slurm.timeout_min,
         "nodes": 1,
-        "tasks_per_node": slurm.tasks_per_node or max(1, gpus),
+        "tasks_per_node": slurm.tasks_per_job,
         "gpus_per_node": gpus,
         "cpus_per_task": slurm.cpus_per_task or cfg.runtime.threads,
         "mem_gb": slurm.mem_gb,

@@ -75,7 +75,7 @@ def run_settings(variant: Variant, data: TaskData, cfg: FinchConfig, seed: int) 
     of several tasks adds its task count (its world size)."""
     runtime = cfg.runtime.model_dump(exclude={"workers", "progress", "executor", "slurm"})
     if cfg.runtime.executor == "slurm":
-        tasks = cfg.runtime.slurm.tasks_per_node or max(1, cfg.runtime.slurm.gpus_per_node)
+        tasks = cfg.runtime.slurm.tasks_per_job
         runtime |= {"tasks_per_job": tasks} if tasks > 1 else {}
     extra = variant.seed_settings(seed) if variant.seed_settings else {}
     data_hash = split_hash(data.content_hash, seed) if own_split(variant, cfg) else data.content_hash

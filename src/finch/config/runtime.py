@@ -40,6 +40,11 @@ class SlurmConfig(Strict):
         default_factory=dict, description="more sbatch options, e.g. {account: myproj, qos: normal}"
     )
 
+    @property
+    def tasks_per_job(self) -> int:
+        """The processes a job runs (its DDP world size): tasks_per_node, or one per GPU, at least one."""
+        return self.tasks_per_node or max(1, self.gpus_per_node)
+
 
 class RuntimeConfig(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
